@@ -1,0 +1,267 @@
+"""The daemon: wires source, pipeline and broker link together and owns their lifecycle.
+
+A missing or broken model never ends the process: the agent stays connected with status
+`degraded`, raises `model_error`, and retries the file. A broken source is handled the
+same way. Only an invalid config (found before this class is built) exits 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent import __version__
+from edge_agent.config import AgentConfig
+from edge_agent.errors import ModelError, SourceError
+from edge_agent.events import Event, EventMerger, Severity
+from edge_agent.mqtt.link import MqttLink
+from edge_agent.mqtt.topics import Topics
+from edge_agent.pipeline import Fault, Inference, Pipeline, Skipped
+from edge_agent.runtime.backends import select_backend
+from edge_agent.sources import FrameSource, SourceProblem, open_source
+from edge_agent.sources.base import Frame
+from edge_agent.stats import Stats
+
+log = logging.getLogger(__name__)
+
+SOURCE_RETRY_S = 5.0
+IDLE_SLEEP_S = 0.2
+
+
+@dataclass(frozen=True)
+class ModelStamp:
+    """Enough of a file's identity to notice that it was replaced."""
+
+    mtime_ns: int
+    size: int
+
+    @classmethod
+    def of(cls, path: str) -> ModelStamp | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return cls(st.st_mtime_ns, st.st_size)
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, *, on_result: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.cfg = cfg
+        self.topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id)
+        self.stats = Stats()
+        self.events = EventMerger(cfg.guard.event_interval_s)
+        self.pipeline: Pipeline | None = None
+        self.source: FrameSource | None = None
+        self.state = "degraded"
+        self.since = time.time()
+        self._stop = threading.Event()
+        self._on_result = on_result
+        self._model_stamp: ModelStamp | None = None
+        self._next_model_try = 0.0
+        self._next_source_try = 0.0
+        self._next_stats = 0.0
+        self._last_frame_at = 0.0
+        self._invoke_failures = 0
+        self._source_done = False
+        self.interpreter_name = "none"
+        self.link = MqttLink(cfg.mqtt, self.topics, status_payload=self._status_payload)
+
+    # ---- status -------------------------------------------------------------------------
+    def _status_payload(self, state: str) -> dict[str, Any]:
+        p = self.pipeline
+        model = (
+            {"name": p.model.name, "sha256": p.model.file.sha256, "delegate": p.model.delegate}
+            if p is not None
+            else {"name": os.path.basename(self.cfg.model.path), "sha256": None, "delegate": None}
+        )
+        return {"state": state, "version": __version__, "model": model, "interpreter": self.interpreter_name,
+                "since": round(self.since, 3)}
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            log.info("status: %s → %s", self.state, state)
+            self.state = state
+            self.since = time.time()
+        self.link.publish_status(state)
+
+    # ---- events -------------------------------------------------------------------------
+    def raise_event(self, kind: str, severity: Severity, message: str, detail: dict[str, Any] | None = None) -> None:
+        log.log(logging.ERROR if severity in ("error", "critical") else logging.WARNING, "%s: %s", kind, message)
+        self.stats.fault(kind)
+        for ev in self.events.offer(Event(kind, severity, message, detail or {})):
+            self._publish_event(ev)
+
+    def _publish_event(self, ev: Event) -> None:
+        topic = self.topics.events
+        self.link.publish(topic, ev.payload(self.link.next_seq(topic)), qos=self.cfg.mqtt.events_qos)
+
+    # ---- model and source lifecycle -----------------------------------------------------
+    def _try_load_model(self, now: float) -> None:
+        stamp = ModelStamp.of(self.cfg.model.path)
+        # retry at the interval, or at once when the file appears or changes
+        if now < self._next_model_try and stamp == self._model_stamp:
+            return
+        self._model_stamp = stamp
+        self._next_model_try = now + self.cfg.model.retry_interval_s
+        try:
+            pipeline = Pipeline.load(self.cfg)
+            outcome = pipeline.selftest()
+        except ModelError as err:
+            self.raise_event("model_error", "error", f"{err} (retrying every {self.cfg.model.retry_interval_s:g} s)",
+                             {"path": self.cfg.model.path, "reason": err.reason})
+            self._set_state("degraded")
+            return
+        for w in pipeline.warnings:
+            log.warning("%s", w)
+        if isinstance(outcome, Fault):
+            self.raise_event(outcome.fault.kind, "error", f"self-test inference: {outcome.fault.message}", outcome.fault.detail)
+        self.pipeline = pipeline
+        self._invoke_failures = 0
+        log.info("model %s loaded (%s, sha256 %s, interpreter %s %s, %d threads)", pipeline.model.name,
+                 pipeline.model.delegate, pipeline.model.file.sha256[:12], pipeline.model.backend.name,
+                 pipeline.model.backend.version, pipeline.model.threads)
+        if self.source is not None:
+            self._set_state("online")
+
+    def _try_open_source(self, now: float) -> None:
+        if now < self._next_source_try:
+            return
+        self._next_source_try = now + SOURCE_RETRY_S
+        names = tuple(f.name for f in self.cfg.preprocess.features) if self.cfg.preprocess else ()
+        try:
+            self.source = open_source(self.cfg.source, feature_names=names)
+        except SourceError as err:
+            self.raise_event("source_error", "error", f"{err} (retrying every {SOURCE_RETRY_S:g} s)")
+            self._set_state("degraded")
+            return
+        log.info("source %s opened", self.source.name)
+        if self.pipeline is not None:
+            self._set_state("online")
+
+    # ---- the loop -----------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            log.info("signal %s: stopping", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> int:
+        try:
+            backend = select_backend(self.cfg.model.interpreter)
+            self.interpreter_name = f"{backend.name} {backend.version}"
+            log.info("interpreter: %s", self.interpreter_name)
+        except ModelError as err:
+            log.error("%s", err)
+            self.interpreter_name = "unavailable"
+        self.link.start()
+        self.link.wait_connected(5.0)
+        try:
+            while not self._stop.is_set():
+                self._step()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        if self.source is None:
+            self._try_open_source(now)
+        if self.pipeline is None:
+            self._try_load_model(now)
+        if now >= self._next_stats:
+            self._publish_stats()
+            self._next_stats = now + self.cfg.service.stats_interval_s
+        for ev in self.events.due():
+            self._publish_event(ev)
+        if self.pipeline is None or self.source is None or self._source_done:
+            self._stop.wait(IDLE_SLEEP_S)
+            return
+        self._pace()
+        item = self.source.read()
+        if item is None:
+            self._source_done = True
+            log.info("source %s exhausted", self.source.name)
+            if self.cfg.source.exit_when_done:
+                self.stop()
+            return
+        if isinstance(item, SourceProblem):
+            self.raise_event("source_error", "warning", f"{item.source}: {item.message}", {"source": item.source})
+            return
+        self._handle(item)
+
+    def _pace(self) -> None:
+        fps = self.cfg.source.fps
+        if fps:
+            wait = self._last_frame_at + 1.0 / fps - time.monotonic()
+            if wait > 0:
+                self._stop.wait(wait)
+        self._last_frame_at = time.monotonic()
+
+    def _handle(self, frame: Frame) -> None:
+        assert self.pipeline is not None
+        self.stats.frames += 1
+        try:
+            outcome = self.pipeline.process(frame)
+        except ModelError as err:
+            self._invoke_failures += 1
+            self.raise_event("model_error", "error", str(err), {"source": frame.source, "reason": err.reason})
+            if self._invoke_failures >= 3 and self.state != "degraded":
+                self._set_state("degraded")
+            return
+        if self._invoke_failures and self.state == "degraded":
+            self._set_state("online")
+        self._invoke_failures = 0
+        if isinstance(outcome, Skipped):
+            self.raise_event(outcome.kind, "warning", outcome.message, outcome.detail)
+            return
+        if isinstance(outcome, Fault):
+            self.stats.record(outcome.latency_ms)
+            detail = {**outcome.fault.detail, "frame": {"seq": frame.seq, "source": frame.source}}
+            self.raise_event(outcome.fault.kind, "error", f"{frame.source}: {outcome.fault.message}", detail)
+            return
+        self._publish_result(frame, outcome)
+
+    def _publish_result(self, frame: Frame, inf: Inference) -> None:
+        assert self.pipeline is not None
+        model = self.pipeline.model
+        topic = self.topics.results
+        payload: dict[str, Any] = {
+            "seq": self.link.next_seq(topic),
+            "ts": round(time.time(), 3),
+            "frame": {"seq": frame.seq, "ts": round(frame.ts, 3), "source": frame.source},
+            "model": {"name": model.name, "sha256": model.file.sha256},
+            "latency_ms": inf.latency_ms,
+            "task": self.pipeline.task,
+            **inf.fields,
+        }
+        if inf.imputed:
+            payload["imputed"] = list(inf.imputed)
+        self.stats.record(inf.latency_ms)
+        self.stats.results += 1
+        self.link.publish(topic, payload, qos=self.cfg.mqtt.results_qos)
+        if self._on_result is not None:
+            self._on_result(payload)
+
+    def _publish_stats(self) -> None:
+        snap = self.stats.snapshot(state=self.state, broker_connected=self.link.connected)
+        self.link.publish(self.topics.stats, snap, qos=0, retain=True)
+
+    def _shutdown(self) -> None:
+        for ev in self.events.flush():
+            self._publish_event(ev)
+        self._publish_stats()
+        if self.source is not None:
+            self.source.close()
+        self.link.stop()
+        log.info("stopped")

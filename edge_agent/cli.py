@@ -1,0 +1,136 @@
+"""The command line of SPEC.md. Thin: parse arguments, call the parts, map errors to exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from edge_agent import __version__
+from edge_agent.errors import ConfigError, ModelError
+
+EXIT_OK = 0
+EXIT_FAULT = 1
+EXIT_INVALID = 2
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _cmd_config_validate(args: argparse.Namespace) -> int:
+    from edge_agent.config import load_config  # noqa: PLC0415  (keep `--help` fast)
+
+    try:
+        load_config(args.file)
+    except ConfigError as err:
+        for line in err.problems:
+            _err(line)
+        return EXIT_INVALID
+    print(f"{args.file}: valid")
+    return EXIT_OK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from edge_agent.runtime.backends import select_backend  # noqa: PLC0415
+    from edge_agent.runtime.inspection import format_report, inspect_model  # noqa: PLC0415
+    from edge_agent.runtime.loader import read_model_file  # noqa: PLC0415
+
+    try:
+        mf = read_model_file(args.model)
+        backend = select_backend(args.interpreter)
+        report = inspect_model(mf, backend)
+    except ModelError as err:
+        _err(str(err))
+        return EXIT_INVALID
+    print("\n".join(format_report(report)))
+    return EXIT_OK
+
+
+def _load_or_exit(path: str | None) -> tuple[object | None, int]:
+    from edge_agent.config import config_path_from_env, load_config  # noqa: PLC0415
+
+    try:
+        return load_config(config_path_from_env(path)), EXIT_OK
+    except ConfigError as err:
+        for line in err.problems:
+            _err(line)
+        return None, EXIT_INVALID
+
+
+def _setup_logging(level: str) -> None:
+    logging.getLogger().setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.agent import Agent  # noqa: PLC0415
+    from edge_agent.config import AgentConfig  # noqa: PLC0415
+
+    cfg, rc = _load_or_exit(args.config)
+    if not isinstance(cfg, AgentConfig):
+        return rc
+    _setup_logging(cfg.service.log_level)
+    agent = Agent(cfg)
+    agent.install_signal_handlers()
+    return agent.run()
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from edge_agent.check import run_check  # noqa: PLC0415
+    from edge_agent.config import AgentConfig  # noqa: PLC0415
+
+    cfg, rc = _load_or_exit(args.config)
+    if not isinstance(cfg, AgentConfig):
+        return rc
+    return run_check(cfg, args.sample or [], print)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edge_agent.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(seconds=args.seconds, port=args.port, model=args.model)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="TFLite inference on the edge, guarded, over MQTT.")
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("inspect", help="print a model's tensors, quantization, metadata and Edge TPU ops")
+    p.add_argument("model")
+    p.add_argument("--interpreter", default="auto", choices=["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"])
+    p.set_defaults(func=_cmd_inspect)
+
+    r = sub.add_parser("run", help="the daemon, in the foreground (systemd runs this)")
+    r.add_argument("-c", "--config", help="config file (default $EDGE_AGENT_CONFIG or /etc/edge-agent/agent.toml)")
+    r.set_defaults(func=_cmd_run)
+
+    c = sub.add_parser("check", help="validate config, load the model, show the plan, run samples through the guard")
+    c.add_argument("-c", "--config")
+    c.add_argument("--sample", action="append", metavar="PATH", help="an image or a CSV of rows (repeatable)")
+    c.set_defaults(func=_cmd_check)
+
+    d = sub.add_parser("demo", help="the bundled digits model on bundled frames, results live over MQTT")
+    d.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
+    d.add_argument("--port", type=int, default=1883, help="broker port to use or start (default 1883)")
+    d.add_argument("--model", choices=["float", "uint8"], default="uint8")
+    d.set_defaults(func=_cmd_demo)
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    v = cfg_sub.add_parser("validate", help="validate a config file")
+    v.add_argument("file")
+    v.set_defaults(func=_cmd_config_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        rc: int = args.func(args)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return rc

@@ -1,0 +1,1 @@
+"""The broker link: topics, payload encoding, and the paho-mqtt client."""

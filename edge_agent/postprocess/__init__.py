@@ -1,0 +1,1 @@
+"""Decoders that turn output tensors into the result fields of SPEC.md."""

@@ -1,0 +1,382 @@
+"""Reproducing the training transform exactly, straight into the input tensor.
+
+A plan is compiled once per model and frame size: buffers for the resize and the color
+conversion are preallocated, and scale, mean, std and quantization are folded into one
+256-entry table per channel, computed once from the formula
+
+    prepared = (pixel * scale - mean[c]) / std[c]
+    q        = clip(round_half_away(prepared / tensor_scale + zero_point))   (integer tensors)
+
+so the per-frame work is: resize → (color convert) → one table pass into the tensor.
+Vectors (sensor rows) get per-feature standardization and imputation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.config import FeatureConfig, PreprocessConfig
+from edge_agent.errors import PreprocessError
+from edge_agent.runtime.tensors import TensorInfo
+from edge_agent.runtime.tflite_file import TfliteModelInfo
+from edge_agent.sources.base import Frame
+
+log = logging.getLogger(__name__)
+
+INTERPOLATION = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "area": cv2.INTER_AREA,
+    "cubic": cv2.INTER_CUBIC,
+}
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """The training transform of an image model, whatever its origin (config or metadata)."""
+
+    resize: str = "stretch"
+    interpolation: str = "linear"
+    color: str = "rgb"
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    pad_value: int = 0
+    origin: str = "config"
+
+    def per_channel(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        def expand(v: tuple[float, ...]) -> tuple[float, ...]:
+            return v * channels if len(v) == 1 else v
+
+        return expand(self.mean), expand(self.std)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How the model's input maps back to the source frame: src = (dst - offset) / scale."""
+
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+    crop_x: int = 0
+    crop_y: int = 0
+
+    def to_source(self, x: float, y: float) -> tuple[float, float]:
+        return (x - self.offset_x) / self.scale_x + self.crop_x, (y - self.offset_y) / self.scale_y + self.crop_y
+
+
+def transform_from_config(cfg: PreprocessConfig) -> ImageTransform:
+    return ImageTransform(cfg.resize, cfg.interpolation, cfg.color, cfg.scale, cfg.mean, cfg.std, cfg.pad_value)
+
+
+def transform_from_metadata(info: TfliteModelInfo | None) -> ImageTransform | None:
+    """TFLite metadata states normalization in pixel units: prepared = (pixel - mean) / std."""
+    if info is None or info.metadata is None or not info.metadata.inputs:
+        return None
+    tm = info.metadata.inputs[0]
+    if tm.normalization_mean is None and tm.normalization_std is None:
+        return None
+    mean = tuple(tm.normalization_mean or (0.0,))
+    std = tuple(tm.normalization_std or (1.0,))
+    color = "gray" if tm.color_space == "GRAYSCALE" else "rgb"
+    return ImageTransform(color=color, scale=1.0, mean=mean, std=std, origin="model metadata")
+
+
+def compare_transforms(config: ImageTransform, meta: ImageTransform, channels: int) -> str | None:
+    """A one-line warning when the config's transform is not the model metadata's."""
+    cm, cs = config.per_channel(channels)
+    mm, ms = meta.per_channel(channels)
+    # compare what each does to the pixel values 0 and 255
+    for c in range(channels):
+        for px in (0.0, 255.0):
+            a = (px * config.scale - cm[c]) / cs[c]
+            b = (px * meta.scale - mm[c]) / ms[c]
+            if not math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-4):
+                return (
+                    f"[preprocess] maps pixel {px:g} of channel {c} to {a:.4g}, but the model's metadata says {b:.4g} "
+                    f"(metadata mean {list(meta.mean)}, std {list(meta.std)}): check which one the model was trained with"
+                )
+    return None
+
+
+def _round_half_away(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    # TFLite's quantizer rounds half away from zero (std::round), not half to even
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def quantize_values(values: npt.NDArray[np.float64], info: TensorInfo, channel_axis_len: int | None = None) -> npt.NDArray[Any]:
+    """Real values → the tensor's dtype, using its own scale and zero point."""
+    dtype = info.dtype
+    if not info.is_integer:
+        return values.astype(dtype)
+    if not info.quantized:
+        # an integer tensor without quantization takes the values as they are
+        lim = np.iinfo(dtype)
+        return np.clip(_round_half_away(values), lim.min, lim.max).astype(dtype)
+    if info.scales and channel_axis_len is not None and len(info.scales) == channel_axis_len:
+        scale = np.asarray(info.scales, dtype=np.float64)
+        zp = np.asarray(info.zero_points, dtype=np.float64)
+    else:
+        scale = np.float64(info.scale)
+        zp = np.float64(info.zero_point)
+    lim = np.iinfo(dtype)
+    q = _round_half_away(values / scale + zp)
+    return np.clip(q, lim.min, lim.max).astype(dtype)
+
+
+def build_tables(t: ImageTransform, info: TensorInfo, channels: int) -> npt.NDArray[Any]:
+    """A (256, channels) table: entry [v, c] is what pixel value v of channel c becomes."""
+    mean, std = t.per_channel(channels)
+    if len(mean) != channels or len(std) != channels:
+        raise PreprocessError(f"preprocess.mean/std: {len(mean)} values given but the model input has {channels} channel(s)")
+    px = np.arange(256, dtype=np.float64)[:, None]
+    prepared = (px * t.scale - np.asarray(mean)[None, :]) / np.asarray(std)[None, :]
+    return quantize_values(prepared, info, channel_axis_len=channels)
+
+
+def table_identity_steps(tables: npt.NDArray[Any]) -> int:
+    """How many (value, channel) entries differ from a plain copy of the pixel."""
+    ident = np.arange(256, dtype=np.float64)[:, None]
+    return int(np.count_nonzero(tables.astype(np.float64) != ident))
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    height: int
+    width: int
+    channels: int
+    nchw: bool
+
+    @classmethod
+    def of(cls, info: TensorInfo) -> InputLayout:
+        shape = info.shape
+        if len(shape) == 4 and shape[0] == 1:
+            if shape[3] in (1, 3):
+                return cls(shape[1], shape[2], shape[3], nchw=False)
+            if shape[1] in (1, 3):
+                return cls(shape[2], shape[3], shape[1], nchw=True)
+        if len(shape) == 3 and shape[2] in (1, 3):
+            return cls(shape[0], shape[1], shape[2], nchw=False)
+        raise PreprocessError(
+            f"model input {info.name!r} has shape {list(shape)}: not an image input (expected 1×H×W×C or 1×C×H×W with C = 1 or 3)"
+        )
+
+
+class ImagePlan:
+    """The compiled transform for one frame size; `run` writes one frame into the tensor."""
+
+    def __init__(self, transform: ImageTransform, info: TensorInfo, frame_shape: tuple[int, ...]) -> None:
+        self.transform = transform
+        self.info = info
+        self.layout = lay = InputLayout.of(info)
+        if (lay.channels == 1) != (transform.color == "gray"):
+            raise PreprocessError(
+                f"preprocess.color = {transform.color!r} but the model input has {lay.channels} channel(s)"
+            )
+        fh, fw = frame_shape[0], frame_shape[1]
+        self.frame_shape = (fh, fw)
+        self.interpolation = INTERPOLATION[transform.interpolation]
+        self.tables = build_tables(transform, info, lay.channels)
+        self.identity = table_identity_steps(self.tables) == 0 and info.dtype == np.uint8
+        self.crop: tuple[int, int, int, int] = (0, 0, fw, fh)
+        self.geometry = self._geometry(fh, fw)
+        shape = (lay.height, lay.width, 3)
+        self._resized = np.full(shape, transform.pad_value, dtype=np.uint8)
+        self._inner: npt.NDArray[np.uint8] | None = None
+        if transform.resize == "letterbox":
+            g = self.geometry
+            nw, nh = round(fw * g.scale_x), round(fh * g.scale_y)
+            self._inner = np.empty((nh, nw, 3), dtype=np.uint8)
+            self._inner_at = (int(g.offset_y), int(g.offset_x))
+        self._converted = np.empty((lay.height, lay.width, lay.channels) if lay.channels == 3 else (lay.height, lay.width), dtype=np.uint8)
+
+    def _geometry(self, fh: int, fw: int) -> Geometry:
+        lay, t = self.layout, self.transform
+        if t.resize == "letterbox":
+            r = min(lay.width / fw, lay.height / fh)
+            nw, nh = max(1, round(fw * r)), max(1, round(fh * r))
+            ox, oy = (lay.width - nw) // 2, (lay.height - nh) // 2
+            return Geometry(nw / fw, nh / fh, float(ox), float(oy))
+        if t.resize == "center_crop":
+            target = lay.width / lay.height
+            if fw / fh > target:  # too wide: crop the sides
+                cw, ch = round(fh * target), fh
+            else:
+                cw, ch = fw, round(fw / target)
+            cx, cy = (fw - cw) // 2, (fh - ch) // 2
+            self.crop = (cx, cy, cw, ch)
+            return Geometry(lay.width / cw, lay.height / ch, 0.0, 0.0, cx, cy)
+        return Geometry(lay.width / fw, lay.height / fh, 0.0, 0.0)
+
+    def describe(self) -> list[str]:
+        lay, t = self.layout, self.transform
+        mean, std = t.per_channel(lay.channels)
+        lines = [
+            f"frame {self.frame_shape[1]}×{self.frame_shape[0]} → {t.resize} ({t.interpolation}) to "
+            f"{lay.width}×{lay.height}×{lay.channels} {'NCHW' if lay.nchw else 'NHWC'}",
+            f"color {t.color}; prepared = (pixel × {t.scale:g} − {list(mean)}) / {list(std)}  (from {t.origin})",
+            f"target {self.info.dtype.name}, quantization {self.info.describe_quantization()}",
+        ]
+        if self.info.is_integer:
+            diff = table_identity_steps(self.tables)
+            lines.append(
+                "table is the identity: a plain copy" if diff == 0
+                else f"table differs from the identity on {diff} of {256 * lay.channels} entries"
+            )
+        return lines
+
+    def run(self, pixels: npt.NDArray[np.uint8], order: str, tensor: npt.NDArray[Any]) -> None:
+        """Write one frame (H×W×3 uint8 in `order`) into the tensor view (batch of 1)."""
+        if pixels.shape[:2] != self.frame_shape:
+            raise PreprocessError(f"frame is {pixels.shape[1]}×{pixels.shape[0]}, the plan was built for "
+                                  f"{self.frame_shape[1]}×{self.frame_shape[0]}")
+        lay = self.layout
+        cx, cy, cw, ch = self.crop
+        src = pixels[cy : cy + ch, cx : cx + cw]
+        if self._inner is not None:
+            cv2.resize(src, (self._inner.shape[1], self._inner.shape[0]), dst=self._inner, interpolation=self.interpolation)
+            y, x = self._inner_at
+            self._resized[y : y + self._inner.shape[0], x : x + self._inner.shape[1]] = self._inner
+        else:
+            cv2.resize(src, (lay.width, lay.height), dst=self._resized, interpolation=self.interpolation)
+        img = self._resized
+        code = _color_code(order, self.transform.color)
+        if code is not None:
+            cv2.cvtColor(img, code, dst=self._converted)
+            img = self._converted
+        dst = tensor[0] if tensor.ndim == 4 else tensor
+        if lay.nchw:
+            for c in range(lay.channels):
+                np.take(self.tables[:, c], img[:, :, c] if img.ndim == 3 else img, out=dst[c], mode="clip")
+        elif self.identity:
+            np.copyto(dst, img.reshape(dst.shape))
+        elif lay.channels == 1:
+            np.take(self.tables[:, 0], img.reshape(dst.shape), out=dst, mode="clip")
+        else:
+            for c in range(lay.channels):
+                # mode="clip" keeps np.take from buffering `out` (uint8 indices are in range)
+                np.take(self.tables[:, c], img[:, :, c], out=dst[:, :, c], mode="clip")
+
+
+def _color_code(order: str, want: str) -> int | None:
+    if order == want:
+        return None
+    codes = {
+        ("bgr", "rgb"): cv2.COLOR_BGR2RGB,
+        ("rgb", "bgr"): cv2.COLOR_RGB2BGR,
+        ("bgr", "gray"): cv2.COLOR_BGR2GRAY,
+        ("rgb", "gray"): cv2.COLOR_RGB2GRAY,
+    }
+    code = codes.get((order, want))
+    if code is None:
+        raise PreprocessError(f"cannot convert {order} frames to {want}")
+    return code
+
+
+class VectorPlan:
+    """Sensor rows: per-feature standardization, imputation, quantization into the tensor."""
+
+    def __init__(self, features: tuple[FeatureConfig, ...], info: TensorInfo) -> None:
+        self.info = info
+        size = int(np.prod(info.shape)) if info.shape else 1
+        if features and len(features) != size:
+            raise PreprocessError(
+                f"preprocess.features lists {len(features)} features but the model input {info.name!r} takes {size} values"
+            )
+        self.size = size
+        self.features = features
+        self.names = tuple(f.name for f in features)
+        self.mean = np.array([f.mean for f in features] or [0.0] * size, dtype=np.float64)
+        self.std = np.array([f.std for f in features] or [1.0] * size, dtype=np.float64)
+        self._work = np.empty(size, dtype=np.float64)
+
+    def describe(self) -> list[str]:
+        lines = [f"vector of {self.size} → {self.info.dtype.name} {list(self.info.shape)}, quantization {self.info.describe_quantization()}"]
+        lines += [f"  {f.name}: z = (x − {f.mean:g}) / {f.std:g}; missing → {f.impute}" for f in self.features]
+        if not self.features:
+            lines.append("  no [[preprocess.features]]: values are fed as they come")
+        return lines
+
+    def impute(self, values: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], list[str]] | None:
+        """Fill missing values per feature; None when a feature says 'skip' the row."""
+        work = self._work
+        np.copyto(work, values)
+        filled: list[str] = []
+        missing = np.flatnonzero(np.isnan(work))
+        for i in missing:
+            f = self.features[i] if self.features else None
+            how = f.impute if f else "skip"
+            if how == "skip":
+                return None
+            work[i] = f.mean if how == "mean" and f else (0.0 if how == "zero" else float(how))
+            filled.append(self.names[i] if self.names else str(i))
+        return work, filled
+
+    def run(self, values: npt.NDArray[np.float64], tensor: npt.NDArray[Any]) -> list[str] | None:
+        """Write one row into the tensor; returns the imputed feature names, None if skipped."""
+        if values.shape != (self.size,):
+            raise PreprocessError(f"row has {values.size} values, the model takes {self.size}")
+        imputed = self.impute(values)
+        if imputed is None:
+            return None
+        work, filled = imputed
+        np.subtract(work, self.mean, out=work)
+        np.divide(work, self.std, out=work)
+        tensor.reshape(-1)[:] = quantize_values(work, self.info)
+        return filled
+
+
+Plan = ImagePlan | VectorPlan
+
+
+class Preprocessor:
+    """Chooses and caches the plan for a model input; rebuilt only when the frame size changes."""
+
+    def __init__(self, info: TensorInfo, transform: ImageTransform | None, features: tuple[FeatureConfig, ...]) -> None:
+        self.info = info
+        self.transform = transform
+        self.features = features
+        self.vector = bool(features) or len(info.shape) <= 2
+        self._plan: Plan | None = VectorPlan(features, info) if self.vector else None
+
+    @property
+    def plan(self) -> Plan | None:
+        return self._plan
+
+    def plan_for(self, frame: Frame) -> Plan:
+        if self.vector:
+            assert self._plan is not None
+            if frame.values is None:
+                raise PreprocessError("the model takes a vector of sensor values, but the source delivers images")
+            return self._plan
+        if frame.pixels is None:
+            raise PreprocessError("the model takes images, but the source delivers sensor rows")
+        plan = self._plan
+        if not isinstance(plan, ImagePlan) or plan.frame_shape != frame.pixels.shape[:2]:
+            assert self.transform is not None
+            plan = self._plan = ImagePlan(self.transform, self.info, frame.pixels.shape)
+        return plan
+
+    def run(self, frame: Frame, tensor_fn: Callable[[], npt.NDArray[Any]]) -> list[str] | None:
+        """Prepare `frame` into the tensor; returns imputed feature names, None if skipped."""
+        plan = self.plan_for(frame)
+        tensor = tensor_fn()
+        try:
+            if isinstance(plan, VectorPlan):
+                assert frame.values is not None
+                return plan.run(frame.values, tensor)
+            assert frame.pixels is not None
+            plan.run(frame.pixels, frame.order, tensor)
+            return []
+        finally:
+            # the view must not outlive this call: invoke() refuses to run while it exists
+            del tensor

@@ -1,0 +1,229 @@
+"""Loading a .tflite model into an interpreter, with clear one-line errors.
+
+Every way a model can fail on a device gets its own `ModelError.reason` and a message an
+operator can act on: missing file, unreadable file, not a TFLite file, hash mismatch,
+Edge TPU model without a Coral, custom op the runtime lacks, failure inside invoke().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.config import ModelConfig
+from edge_agent.errors import DelegateError, ModelError
+from edge_agent.runtime.backends import Backend, select_backend
+from edge_agent.runtime.tensors import TensorInfo, dequantize
+from edge_agent.runtime.tflite_file import TfliteFileError, TfliteModelInfo, parse_model_bytes
+
+log = logging.getLogger(__name__)
+
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+EDGETPU_OP = "edgetpu-custom-op"
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """The bytes of a model file as read and verified once."""
+
+    path: str
+    data: bytes
+    sha256: str
+    info: TfliteModelInfo
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+def read_model_file(path: str, *, expected_sha256: str | None = None) -> ModelFile:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"model file not found: {path}", reason="missing") from None
+    except IsADirectoryError:
+        raise ModelError(f"model path is a directory, not a file: {path}", reason="unreadable") from None
+    except OSError as err:
+        raise ModelError(f"cannot read model file {path}: {err.strerror or err}", reason="unreadable") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        raise ModelError(
+            f"model file {path} has sha256 {digest}, but model.sha256 pins {expected_sha256.lower()}: "
+            "refusing to load a file that is not the one configured",
+            reason="hash_mismatch",
+        )
+    try:
+        info = parse_model_bytes(data)
+    except TfliteFileError as err:
+        raise ModelError(f"{path} is not a usable TFLite model: {err}", reason="corrupt") from None
+    return ModelFile(path=str(p), data=data, sha256=digest, info=info)
+
+
+@contextlib.contextmanager
+def _quiet_delegate_del() -> Iterator[None]:
+    """Swallow the library's own "Exception ignored in: Delegate.__del__" noise.
+
+    A failed `load_delegate` leaves a half-built Delegate whose __del__ raises
+    AttributeError ('_library'); Python prints it through sys.unraisablehook. Only that
+    one message is hidden; anything else still reaches the previous hook.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        obj = getattr(unraisable, "object", None)
+        if "Delegate.__del__" in getattr(obj, "__qualname__", ""):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = previous
+
+
+def load_edgetpu_delegate(backend: Backend, device: str | None) -> Any:
+    options = {"device": device} if device else {}
+    message = ""
+    with _quiet_delegate_del():
+        try:
+            return backend.load_delegate(EDGETPU_LIBRARY, options)
+        except (OSError, ValueError, RuntimeError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            message = f"Edge TPU delegate unavailable ({EDGETPU_LIBRARY}, device {device or 'any'}): {first}"
+    raise DelegateError(message, reason="delegate_unavailable")
+
+
+@dataclass
+class LoadedModel:
+    """An interpreter with its tensors allocated, ready for `invoke()`."""
+
+    file: ModelFile
+    backend: Backend
+    interpreter: Any
+    delegate: str  # "cpu" or "edgetpu"
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    threads: int
+    notes: tuple[str, ...] = ()
+    _out_buffers: list[npt.NDArray[np.float32]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    def input_view(self, i: int = 0) -> Callable[[], npt.NDArray[Any]]:
+        """A function returning a writable view of input i's memory (zero-copy).
+
+        Keep the function, not the array: invoke() refuses to run while a view is alive.
+        """
+        fn: Callable[[], npt.NDArray[Any]] = self.interpreter.tensor(self.inputs[i].index)
+        return fn
+
+    def set_input(self, i: int, value: npt.NDArray[Any]) -> None:
+        self.interpreter.set_tensor(self.inputs[i].index, value)
+
+    def invoke(self) -> None:
+        try:
+            self.interpreter.invoke()
+        except (RuntimeError, ValueError) as err:
+            first = str(err).strip().splitlines()
+            raise ModelError(
+                f"model {self.name} failed inside invoke(): {' '.join(first[:2]) if first else type(err).__name__}",
+                reason="invoke_failed",
+            ) from None
+
+    def raw_output(self, i: int = 0) -> npt.NDArray[Any]:
+        """A copy of output i as the model produced it (quantized or not)."""
+        out: npt.NDArray[Any] = self.interpreter.get_tensor(self.outputs[i].index)
+        return out
+
+    def output(self, i: int = 0) -> npt.NDArray[np.float32]:
+        """Output i in real units (dequantized), in a buffer reused across frames."""
+        raw = self.raw_output(i)
+        if not self._out_buffers:
+            self._out_buffers = [np.empty(o.shape, dtype=np.float32) for o in self.outputs]
+        buf = self._out_buffers[i]
+        if buf.shape != raw.shape:
+            buf = self._out_buffers[i] = np.empty(raw.shape, dtype=np.float32)
+        return dequantize(self.outputs[i], raw, out=buf)
+
+
+def _default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _build_interpreter(backend: Backend, mf: ModelFile, threads: int, delegates: list[Any]) -> Any:
+    unsupported = [op for op in mf.info.custom_ops if op != EDGETPU_OP]
+    try:
+        kwargs: dict[str, Any] = {"model_content": mf.data, "num_threads": threads}
+        if delegates:
+            kwargs["experimental_delegates"] = delegates
+        interpreter = backend.interpreter_class(**kwargs)
+        interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as err:
+        text = str(err)
+        if EDGETPU_OP in text or (mf.info.edgetpu_compiled and not delegates):
+            raise ModelError(
+                f"{mf.name} is compiled for the Edge TPU ({EDGETPU_OP}) and cannot run on the CPU: "
+                "attach a Coral and set model.delegate = \"edgetpu\", or use the model's CPU version",
+                reason="edgetpu_required",
+            ) from None
+        if "unresolved custom op" in text or unsupported:
+            ops = ", ".join(unsupported) or text.split("custom op:")[-1].split(".")[0].strip()
+            raise ModelError(
+                f"{mf.name} needs custom op(s) {ops} which the {backend.name} runtime does not provide",
+                reason="unsupported_op",
+            ) from None
+        first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        raise ModelError(f"{mf.name} cannot be loaded by {backend.name}: {first}", reason="load_failed") from None
+    return interpreter
+
+
+def load_model(cfg: ModelConfig, *, backend: Backend | None = None) -> LoadedModel:
+    """Load cfg.path (or the fallback) per the delegate policy; raise ModelError on failure."""
+    backend = backend or select_backend(cfg.interpreter)
+    threads = cfg.threads or _default_threads()
+    mf = read_model_file(cfg.path, expected_sha256=cfg.sha256)
+    if cfg.delegate == "cpu":
+        return _finish(backend, mf, threads, [], "cpu", ())
+    try:
+        delegate = load_edgetpu_delegate(backend, cfg.edgetpu_device)
+        return _finish(backend, mf, threads, [delegate], "edgetpu", ())
+    except DelegateError as err:
+        if cfg.on_delegate_error == "fail":
+            raise
+        note = f"{err}; falling back to the CPU"
+        log.warning("%s", note)
+    if cfg.fallback_path:
+        # the pin names the primary model; the fallback is checked by its own loader
+        fb = read_model_file(cfg.fallback_path)
+        return _finish(backend, fb, threads, [], "cpu", (note,))
+    if mf.info.edgetpu_compiled:
+        raise DelegateError(
+            f"{note}, but {mf.name} is compiled for the Edge TPU and model.fallback_path is not set: "
+            "give a CPU model in model.fallback_path",
+            reason="delegate_unavailable",
+        )
+    return _finish(backend, mf, threads, [], "cpu", (note,))
+
+
+def _finish(backend: Backend, mf: ModelFile, threads: int, delegates: list[Any], kind: str, notes: tuple[str, ...]) -> LoadedModel:
+    interpreter = _build_interpreter(backend, mf, threads, delegates)
+    inputs = tuple(TensorInfo.from_details(d) for d in interpreter.get_input_details())
+    outputs = tuple(TensorInfo.from_details(d) for d in interpreter.get_output_details())
+    return LoadedModel(file=mf, backend=backend, interpreter=interpreter, delegate=kind,
+                       inputs=inputs, outputs=outputs, threads=threads, notes=notes)

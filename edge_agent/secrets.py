@@ -1,0 +1,24 @@
+"""Secrets come from files, or from systemd's $CREDENTIALS_DIRECTORY (LoadCredential=)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edge_agent.errors import ConfigError
+
+
+def read_secret(name_or_path: str) -> str:
+    """A relative name is looked up in $CREDENTIALS_DIRECTORY first; the value is stripped."""
+    p = Path(name_or_path)
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    candidates = [Path(creds) / p.name] if creds else []
+    candidates.append(p)
+    for c in candidates:
+        try:
+            return c.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError([f"cannot read secret file {c}: {err}"]) from None
+    raise ConfigError([f"secret file not found: {name_or_path}"])

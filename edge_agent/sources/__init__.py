@@ -1,0 +1,26 @@
+"""Frame sources. `open_source` picks one by `source.kind`."""
+
+from __future__ import annotations
+
+from edge_agent.config import SourceConfig
+from edge_agent.errors import SourceError
+from edge_agent.sources.base import Frame, FrameSource, SourceProblem
+
+__all__ = ["Frame", "FrameSource", "SourceProblem", "open_source"]
+
+
+def open_source(cfg: SourceConfig, *, feature_names: tuple[str, ...] = ()) -> FrameSource:
+    # imports are local so that a Pi without, say, picamera2 can still use the others
+    if cfg.kind == "images":
+        from edge_agent.sources.images import ImageFolderSource  # noqa: PLC0415
+
+        return ImageFolderSource(cfg)
+    if cfg.kind == "synthetic":
+        from edge_agent.sources.synthetic import SyntheticSource  # noqa: PLC0415
+
+        return SyntheticSource(cfg)
+    if cfg.kind == "csv":
+        from edge_agent.sources.csv_rows import CsvRowSource  # noqa: PLC0415
+
+        return CsvRowSource(cfg, feature_names=feature_names)
+    raise SourceError(f"source.kind = {cfg.kind!r} is not available in this version of edge-agent")

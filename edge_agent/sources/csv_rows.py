@@ -1,0 +1,86 @@
+"""`csv`: sensor rows from a CSV file with a header; an empty cell is a missing value."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from edge_agent.config import SourceConfig
+from edge_agent.errors import SourceError
+from edge_agent.sources.base import Frame, SourceProblem, Stamp
+
+_MISSING = {"", "na", "nan", "null", "none"}
+
+
+class CsvRowSource:
+    def __init__(self, cfg: SourceConfig, *, feature_names: tuple[str, ...] = ()) -> None:
+        assert cfg.path is not None
+        self._path = Path(cfg.path).expanduser()
+        self.name = f"csv:{self._path.name}"
+        self._delimiter = cfg.delimiter
+        self._loop = cfg.loop
+        self._stamp = Stamp()
+        self._wanted = cfg.columns or feature_names
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self._fh = self._path.open(newline="", encoding="utf-8")
+        except OSError as err:
+            raise SourceError(f"source.path: cannot open {self._path}: {err.strerror or err}") from None
+        self._reader = csv.reader(self._fh, delimiter=self._delimiter)
+        try:
+            header = [h.strip() for h in next(self._reader)]
+        except StopIteration:
+            raise SourceError(f"source.path: {self._path} is empty (a header row is needed)") from None
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise SourceError(f"source.path: {self._path} header is not valid CSV: {err}") from None
+        if self._wanted:
+            missing = [c for c in self._wanted if c not in header]
+            if missing:
+                raise SourceError(f"source.path: {self._path.name} has no column(s) {', '.join(missing)} (header: {', '.join(header)})")
+            self._columns = [header.index(c) for c in self._wanted]
+            self._names = tuple(self._wanted)
+        else:
+            self._columns = list(range(len(header)))
+            self._names = tuple(header)
+        self._width = len(header)
+        self._values = np.empty(len(self._columns), dtype=np.float64)
+
+    def read(self) -> Frame | SourceProblem | None:
+        try:
+            row = next(self._reader, None)
+        except (csv.Error, UnicodeDecodeError) as err:
+            return SourceProblem(f"{self._path.name}:{self._reader.line_num}", f"unreadable CSV row: {err}")
+        if row is None:
+            if not self._loop:
+                return None
+            self._fh.close()
+            self._open()
+            return self.read()
+        where = f"{self._path.name}:{self._reader.line_num}"
+        if not any(cell.strip() for cell in row):
+            return SourceProblem(where, "empty row")
+        if len(row) != self._width:
+            return SourceProblem(where, f"row has {len(row)} cells, the header has {self._width}")
+        values = np.empty(len(self._columns), dtype=np.float64)
+        for i, col in enumerate(self._columns):
+            cell = row[col].strip()
+            if cell.lower() in _MISSING:
+                values[i] = math.nan
+                continue
+            try:
+                v = float(cell)
+            except ValueError:
+                return SourceProblem(where, f"column {self._names[i]!r}: {cell[:30]!r} is not a number")
+            if not math.isfinite(v):
+                return SourceProblem(where, f"column {self._names[i]!r}: {cell[:30]!r} is not a finite number")
+            values[i] = v
+        seq, ts, mono = self._stamp.next()
+        return Frame(seq=seq, ts=ts, mono=mono, source=where, values=values, names=self._names)
+
+    def close(self) -> None:
+        self._fh.close()

@@ -1,0 +1,50 @@
+"""`synthetic`: generated frames, for demos, soak runs and benchmarks without a camera."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_agent.config import SourceConfig
+from edge_agent.sources.base import Frame, SourceProblem, Stamp, frame_from_pixels
+
+
+class SyntheticSource:
+    def __init__(self, cfg: SourceConfig) -> None:
+        self.name = f"synthetic:{cfg.pattern}:{cfg.width}x{cfg.height}"
+        self._pattern = cfg.pattern
+        self._rng = np.random.default_rng(cfg.seed)
+        # two preallocated slots, alternated, so a frame handed out stays intact while the
+        # next one is generated
+        self._slots = [np.zeros((cfg.height, cfg.width, 3), dtype=np.uint8) for _ in range(2)]
+        self._stamp = Stamp()
+        self._n = 0
+        size = cfg.height * cfg.width * 3
+        self._pool = self._rng.integers(0, 256, size=2 * size, dtype=np.uint8) if cfg.pattern == "noise" else np.empty(0, np.uint8)
+
+    def _fill(self, buf: np.ndarray) -> None:
+        h, w, _ = buf.shape
+        if self._pattern == "noise":
+            # a window into a noise pool generated once: every frame differs, none allocates
+            n = buf.size
+            start = int(self._rng.integers(0, self._pool.size - n + 1))
+            np.copyto(buf.reshape(-1), self._pool[start : start + n])
+        elif self._pattern == "gradient":
+            shift = self._n % 256
+            buf[:] = ((np.arange(w, dtype=np.uint16) * 256 // max(w, 1) + shift) % 256).astype(np.uint8)[None, :, None]
+        else:  # bars: vertical color bars that move one bar per frame
+            colors = np.array(
+                [[255, 255, 255], [0, 255, 255], [255, 255, 0], [0, 255, 0], [255, 0, 255], [0, 0, 255], [255, 0, 0], [0, 0, 0]],
+                dtype=np.uint8,
+            )
+            bar = max(w // 8, 1)
+            for i in range(8):
+                buf[:, i * bar : (i + 1) * bar] = colors[(i + self._n) % 8]
+
+    def read(self) -> Frame | SourceProblem | None:
+        buf = self._slots[self._n % 2]
+        self._fill(buf)
+        self._n += 1
+        return frame_from_pixels(self._stamp, f"synthetic#{self._n}", buf, "bgr")
+
+    def close(self) -> None:
+        self._slots = []

@@ -1,0 +1,494 @@
+"""Build the small real test models bundled in ``edge_agent/bundled/``.
+
+Development-only tool, not used by the agent at run time. It needs
+
+    pip install tensorflow scikit-learn tflite-support opencv-python-headless
+
+(made with TensorFlow 2.19, scikit-learn 1.x, tflite-support 0.4.4) and, to measure the
+results the way the agent runs them, a second Python with numpy, opencv and ai-edge-litert
+(``--verify-python``; defaults to this interpreter if it can import ai_edge_litert).
+
+    python scripts/make_models.py --verify-python /path/to/runtime-venv/bin/python
+
+Writes, deterministically (fixed seeds, op determinism):
+
+* ``digits_float.tflite`` / ``digits_uint8.tflite``: CNN digit classifiers on scikit-learn's
+  ``load_digits`` turned into 32×32 RGB frames, ImageNet normalisation, 10 softmax outputs;
+  the uint8 one fully integer-quantized, with TFLite metadata and ``digits_labels.txt``.
+* ``digits_frames/NNNN_L.png``: the 20 % held-out frames (L = true digit).
+* ``sensor.tflite`` + ``sensor_heldout.csv``: an MLP regressing diabetes progression from
+  age, bmi, bp, s5 (standardised inputs).
+* ``nan_prone.tflite``: digits on pixel/255 inputs whose graph overflows (exp) on raw pixels.
+* ``invoke_error.tflite``: allocates fine, ``invoke()`` always fails (gather out of bounds).
+* ``manifest.json``: files, hashes, tensors, transforms, and numbers measured through
+  ai-edge-litert by ``scripts/verify_models.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "edge_agent" / "bundled"
+FRAMES_DIR = "digits_frames"
+SEED = 42
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LABELS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+SENSOR_FEATURES = ("age", "bmi", "bp", "s5")
+SENSOR_TARGET = "progression"
+MAX_BYTES = 300 * 1024
+
+
+# --------------------------------------------------------------------------- data
+
+
+def digits_frames():
+    """All load_digits samples as 32×32 RGB uint8 frames, and their labels."""
+    import cv2
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    imgs8 = np.rint(d.images * 255.0 / 16.0).astype(np.uint8)  # 0..16 -> 0..255
+    frames = np.stack(
+        [
+            np.repeat(
+                cv2.resize(im, (32, 32), interpolation=cv2.INTER_LINEAR)[:, :, None], 3, axis=2
+            )
+            for im in imgs8
+        ]
+    )
+    return frames, d.target.astype(np.int64)
+
+
+def split(n, y=None):
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(n)
+    return train_test_split(idx, test_size=0.2, random_state=SEED, stratify=y)
+
+
+def imagenet_prepare(frames):
+    import numpy as np
+
+    x = frames.astype(np.float32) * np.float32(1.0 / 255.0)
+    return ((x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)).astype(
+        np.float32
+    )
+
+
+# --------------------------------------------------------------------------- models
+
+
+def seed_everything():
+    import numpy as np
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(SEED)
+    np.random.seed(SEED)
+    tf.config.experimental.enable_op_determinism()
+
+
+def digits_cnn(preprocess=None):
+    """Small CNN, ~20 k parameters. `preprocess` maps the input tensor before the convs."""
+    from tensorflow import keras
+
+    inp = keras.Input((32, 32, 3), batch_size=None, name="image")
+    x = preprocess(inp) if preprocess else inp
+    h = x
+    for filters in (16, 32, 32):
+        h = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(h)
+        h = keras.layers.MaxPooling2D(2)(h)
+    h = keras.layers.Flatten()(h)
+    logits = keras.layers.Dense(10)(h)
+    return inp, x, logits
+
+
+def train(model, x, y, *, epochs, loss, lr=1e-3, batch_size=32):
+    from tensorflow import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss)
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+
+
+def concrete_fn(model, shape):
+    import tensorflow as tf
+
+    fn = tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec(shape, tf.float32, name="input")],
+    )
+    return fn.get_concrete_function()
+
+
+def convert(cf, trackable, *, representative=None):
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    # Freeze Keras 3 resource variables into constants (else READ_VARIABLE ops remain).
+    frozen = convert_variables_to_constants_v2(cf)
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([frozen], trackable)
+    if representative is not None:
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.inference_input_type = tf.uint8
+        conv.inference_output_type = tf.uint8
+    return conv.convert()
+
+
+def build_digits(frames, y, train_idx):
+    from tensorflow import keras
+
+    seed_everything()
+    inp, _, logits = digits_cnn()
+    model = keras.Model(inp, keras.layers.Softmax(name="probabilities")(logits))
+    xtr = imagenet_prepare(frames[train_idx])
+    train(model, xtr, y[train_idx], epochs=25, loss="sparse_categorical_crossentropy")
+    cf = concrete_fn(model, [1, 32, 32, 3])
+    float_buf = convert(cf, model)
+
+    def representative():
+        for i in range(len(xtr)):
+            yield [xtr[i : i + 1]]
+
+    uint8_buf = convert(cf, model, representative=representative)
+    return float_buf, uint8_buf
+
+
+def build_nan_prone(frames, y, train_idx):
+    """Digits on pixel/255 inputs. The graph computes e = exp(x) (1..e on [0,1]) as the conv
+    input and adds mean(e) - max(e) to every logit (a constant shift per frame, so the softmax
+    is unchanged). On raw 0..255 pixels exp overflows to +inf (x > 88.7), the shift is
+    inf - inf = NaN and so are the logits and the softmax."""
+    import numpy as np
+    from tensorflow import keras
+
+    seed_everything()
+    exp_layer = keras.layers.Lambda(lambda t: keras.ops.exp(t), name="exp_contrast")
+    inp, e, logits = digits_cnn(exp_layer)
+    # mean(e) - max(e): a per-frame constant (softmax-invariant) on [0,1]; inf - inf = NaN on
+    # raw pixels. A NaN (unlike an inf) survives the clamps that TFLite's builtin kernels apply
+    # to fused activations (ADD/CONV clamp inf to +-FLT_MAX), so the output is NaN with either
+    # the builtin kernels or XNNPACK.
+    shift = keras.layers.Lambda(
+        lambda t: (keras.ops.mean(t, axis=(1, 2, 3)) - keras.ops.max(t, axis=(1, 2, 3)))[:, None],
+        name="exp_mean_minus_max",
+    )(e)
+    logits = keras.layers.Add(name="shifted_logits")([logits, shift])
+    model = keras.Model(inp, keras.layers.Softmax(name="probabilities")(logits))
+    xtr = (frames[train_idx].astype(np.float32) / np.float32(255.0)).astype(np.float32)
+    train(model, xtr, y[train_idx], epochs=25, loss="sparse_categorical_crossentropy")
+    return convert(concrete_fn(model, [1, 32, 32, 3]), model)
+
+
+def build_sensor():
+    import numpy as np
+    from sklearn.datasets import load_diabetes
+    from tensorflow import keras
+
+    d = load_diabetes(scaled=False)
+    cols = [list(d.feature_names).index(f) for f in SENSOR_FEATURES]
+    x = d.data[:, cols].astype(np.float64)
+    y = d.target.astype(np.float64)
+    tr, te = split(len(y))
+    mean = x[tr].mean(axis=0)
+    std = x[tr].std(axis=0)  # population std (ddof=0)
+    ym, ys = float(y[tr].mean()), float(y[tr].std())
+
+    seed_everything()
+    inp = keras.Input((4,), name="features")
+    h = keras.layers.Dense(16, activation="relu")(inp)
+    h = keras.layers.Dense(8, activation="relu")(h)
+    out_z = keras.layers.Dense(1)(h)
+    base = keras.Model(inp, out_z)
+    ztr = ((x[tr] - mean) / std).astype(np.float32)
+    train(base, ztr, ((y[tr] - ym) / ys).astype(np.float32), epochs=60, loss="mse", lr=3e-3)
+    # Bake the target de-standardisation into the graph: output is progression units.
+    model = keras.Model(inp, keras.layers.Rescaling(ys, offset=ym, name="progression")(out_z))
+    buf = convert(concrete_fn(model, [1, 4]), model)
+    features = [
+        {"name": n, "mean": float(m), "std": float(s)}
+        for n, m, s in zip(SENSOR_FEATURES, mean, std, strict=True)
+    ]
+    return buf, features, x[te], y[te], {"mean": ym, "std": ys}
+
+
+def build_invoke_error():
+    """GATHER from a 4-entry constant with indices int32(|x|) + 4: always >= 4 (or negative
+    when the cast overflows), so every input fails at invoke() with an out-of-bounds gather,
+    while allocate_tensors() succeeds (shapes are static)."""
+    import tensorflow as tf
+
+    params = tf.constant([1.0, 2.0, 3.0, 4.0], tf.float32)
+
+    class M(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 4], tf.float32, name="input")])
+        def __call__(self, x):
+            idx = tf.cast(tf.abs(x), tf.int32) + 4
+            return tf.gather(params, idx) + x
+
+    m = M()
+    return convert(m.__call__.get_concrete_function(), m)
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def metadata_subprocess(model_path, labels_path, mean, std, json_out):
+    """Runs in a child process: tflite_support's task pybinds clash with TensorFlow's
+    ("StatusCode already defined"), so TensorFlow is blocked before importing it."""
+    sys.modules["tensorflow"] = None  # metadata.py falls back to open()/os.path.exists
+    import zipfile
+
+    # The populator packs associated files with ZipFile.writestr(name, data), which stamps
+    # the current time: pin it so reruns give the same bytes.
+    orig_writestr = zipfile.ZipFile.writestr
+
+    def writestr(self, name, data, *a, **kw):
+        if isinstance(name, str):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = self.compression
+            info.external_attr = 0o644 << 16
+            name = info
+        return orig_writestr(self, name, data, *a, **kw)
+
+    zipfile.ZipFile.writestr = writestr
+    from tflite_support import metadata
+    from tflite_support.metadata_writers import image_classifier, writer_utils
+
+    writer = image_classifier.MetadataWriter.create_for_inference(
+        writer_utils.load_file(model_path), list(mean), list(std), [labels_path]
+    )
+    writer_utils.save_file(writer.populate(), model_path)
+    displayer = metadata.MetadataDisplayer.with_model_file(model_path)
+    Path(json_out).write_text(
+        json.dumps(
+            {
+                "metadata": json.loads(displayer.get_metadata_json()),
+                "packed_files": displayer.get_packed_associated_file_list(),
+            }
+        )
+    )
+
+
+def write_metadata(model_path, labels_path, mean, std):
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "md.json"
+        cmd = [sys.executable, __file__, "--metadata-child", str(model_path), str(labels_path),
+               json.dumps(list(mean)), json.dumps(list(std)), str(out)]
+        subprocess.run(cmd, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        return json.loads(out.read_text())
+
+
+# --------------------------------------------------------------------------- main
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def find_verify_python(arg):
+    if arg:
+        return arg
+    try:
+        import ai_edge_litert  # noqa: F401
+    except ImportError:
+        sys.exit("ai_edge_litert is not importable here: pass --verify-python "
+                 "(a Python with numpy, opencv-python-headless and ai-edge-litert)")
+    return sys.executable
+
+
+def verify(verify_python, *extra):
+    cmd = [verify_python, str(ROOT / "scripts" / "verify_models.py"), "--bundled", str(OUT),
+           *extra]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Build the bundled test models (dev only).")
+    ap.add_argument("--verify-python", help="Python with numpy, opencv and ai-edge-litert")
+    ap.add_argument("--metadata-child", nargs=5, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.metadata_child:
+        m, labels, mean, std, out = args.metadata_child
+        metadata_subprocess(m, labels, json.loads(mean), json.loads(std), out)
+        return
+    verify_python = find_verify_python(args.verify_python)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
+    t0 = time.time()
+    import cv2
+    import numpy as np
+    import sklearn
+    import tensorflow as tf
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    frames, y = digits_frames()
+    tr, te = split(len(y), y)
+
+    # Held-out frames (replaced wholesale so reruns leave no stale files).
+    fdir = OUT / FRAMES_DIR
+    if fdir.exists():
+        shutil.rmtree(fdir)
+    fdir.mkdir()
+    for n, i in enumerate(te):
+        bgr = cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR)
+        path = str(fdir / f"{n:04d}_{y[i]}.png")
+        if not cv2.imwrite(path, bgr):
+            raise RuntimeError("cv2.imwrite failed")
+        back = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        assert np.array_equal(back, frames[i]), path
+
+    labels_path = OUT / "digits_labels.txt"
+    labels_path.write_text("".join(f"{w}\n" for w in LABELS))
+
+    float_buf, uint8_buf = build_digits(frames, y, tr)
+    print(f"digits trained/converted ({time.time() - t0:.0f}s)", flush=True)
+    (OUT / "digits_float.tflite").write_bytes(float_buf)
+    (OUT / "digits_uint8.tflite").write_bytes(uint8_buf)
+    md_mean = [round(255.0 * m, 6) for m in IMAGENET_MEAN]
+    md_std = [round(255.0 * s, 6) for s in IMAGENET_STD]
+    md = write_metadata(OUT / "digits_uint8.tflite", labels_path, md_mean, md_std)
+
+    (OUT / "nan_prone.tflite").write_bytes(build_nan_prone(frames, y, tr))
+    print(f"nan_prone trained/converted ({time.time() - t0:.0f}s)", flush=True)
+
+    sensor_buf, features, x_te, y_te, target_norm = build_sensor()
+    (OUT / "sensor.tflite").write_bytes(sensor_buf)
+    with (OUT / "sensor_heldout.csv").open("w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow([*SENSOR_FEATURES, SENSOR_TARGET])
+        for row, target in zip(x_te, y_te, strict=True):
+            w.writerow([repr(float(v)) for v in (*row, target)])
+    print(f"sensor trained/converted ({time.time() - t0:.0f}s)", flush=True)
+
+    (OUT / "invoke_error.tflite").write_bytes(build_invoke_error())
+
+    image_transform = {
+        "kind": "image", "resize": "stretch", "interpolation": "linear", "color": "rgb",
+        "scale": 1.0 / 255.0, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+    }
+    models = {
+        "digits_float": {
+            "file": "digits_float.tflite", "role": "digits", "transform": image_transform,
+            "labels": labels_path.name, "metadata": None,
+            "notes": "float32 in/out, no TFLite metadata. Feed (pixel/255 - mean)/std.",
+        },
+        "digits_uint8": {
+            "file": "digits_uint8.tflite", "role": "digits", "transform": image_transform,
+            "labels": labels_path.name,
+            "metadata": {
+                "writer": "tflite_support.metadata_writers.image_classifier."
+                          "MetadataWriter.create_for_inference",
+                "norm_mean": md_mean, "norm_std": md_std,
+                "associated_files": {labels_path.name: sha256(labels_path)},
+                "packed_files": md["packed_files"],
+                "json": md["metadata"],
+            },
+            "notes": "full-integer quantized, uint8 in/out. Feed q = clip(round(prepared/scale"
+                     " + zero_point), 0, 255) with prepared = (pixel/255 - mean)/std and the "
+                     "input tensor's scale/zero_point; dequantize the output with its own. "
+                     "Metadata norm mean/std are in pixel units (255*mean, 255*std).",
+        },
+        "nan_prone": {
+            "file": "nan_prone.tflite", "role": "nan_prone",
+            "transform": {**image_transform, "mean": [0.0], "std": [1.0]},
+            "labels": labels_path.name, "metadata": None,
+            "notes": "trained on pixel/255. The graph computes e = exp(input) and adds "
+                     "mean(e) - max(e) to every logit (softmax-invariant); on raw 0..255 "
+                     "pixels exp overflows to inf, inf - inf = NaN and every output is NaN "
+                     "(see measured.fed_raw_pixels*).",
+        },
+        "sensor": {
+            "file": "sensor.tflite", "role": "regression",
+            "transform": {"kind": "vector", "features": features},
+            "target": {"name": SENSOR_TARGET, "training_mean": target_norm["mean"],
+                       "training_std": target_norm["std"],
+                       "note": "de-standardisation is inside the graph: output is progression"},
+            "labels": None, "metadata": None,
+            "notes": "sklearn load_diabetes(scaled=False), features age, bmi, bp, s5; input "
+                     "z = (x - mean)/std (training split, population std), output progression.",
+        },
+        "invoke_error": {
+            "file": "invoke_error.tflite", "role": "invoke_error", "transform": None,
+            "labels": None, "metadata": None,
+            "notes": "output = gather(params[4], int32(|x|) + 4) + x. allocate_tensors() "
+                     "succeeds; invoke() raises RuntimeError for every input (indices are "
+                     ">= 4, or negative when the int32 cast overflows).",
+        },
+    }
+    manifest = {
+        "generator": "scripts/make_models.py",
+        "seed": SEED,
+        "versions": {
+            "tensorflow": tf.__version__, "numpy": np.__version__,
+            "scikit_learn": sklearn.__version__, "opencv": cv2.__version__,
+            "tflite_support": md_version(),
+        },
+        "heldout": {
+            "digits_frames": {
+                "dir": FRAMES_DIR, "count": len(te), "name": "NNNN_L.png (L = true digit)",
+                "source": "sklearn load_digits(); x*255/16 rounded to uint8, cv2.resize 8->32 "
+                          "INTER_LINEAR, R=G=B; stratified 80/20 split, random_state=42; "
+                          "written with cv2.imwrite from RGB converted to BGR",
+            },
+            "sensor": {
+                "file": "sensor_heldout.csv", "rows": len(y_te),
+                "columns": [*SENSOR_FEATURES, SENSOR_TARGET],
+                "source": "sklearn load_diabetes(scaled=False); 80/20 split, random_state=42",
+            },
+        },
+        "models": models,
+    }
+    mpath = OUT / "manifest.json"
+    mpath.write_text(json.dumps(manifest, indent=1) + "\n")
+
+    # Measure through ai-edge-litert (the runtime), in the runtime's Python.
+    res = verify(verify_python, "--json", "--no-manifest-metrics")
+    if res.returncode not in (0, 1) or not res.stdout.strip():
+        sys.exit(f"verify failed:\n{res.stdout}\n{res.stderr}")
+    measured = json.loads(res.stdout)["results"]
+    for entry in models.values():
+        r = measured[entry["file"]]
+        for key in ("size", "sha256", "inputs", "outputs"):
+            entry[key] = r[key]
+        if "heldout" in r:
+            entry["measured"] = {"via": "ai-edge-litert", **r["heldout"]}
+        if "invoke_error_message" in r:
+            entry["measured"] = {"via": "ai-edge-litert", "allocate_ok": r["allocate_ok"],
+                                 "invoke_errors": r["invoke_errors"]}
+            entry["invoke_error_message"] = r["invoke_error_message"]
+    mpath.write_text(json.dumps(manifest, indent=1) + "\n")
+
+    res = verify(verify_python)
+    print(res.stdout, res.stderr, sep="")
+    big = [p for p in OUT.rglob("*") if p.is_file() and p.stat().st_size >= MAX_BYTES]
+    if res.returncode or big:
+        sys.exit(f"verification failed (oversize: {big})")
+    print(f"done in {time.time() - t0:.0f}s")
+
+
+def md_version():
+    from importlib.metadata import version
+
+    return version("tflite-support")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""Check the bundled test models the way the agent runs them.
+
+Needs only numpy, opencv and ai-edge-litert (the runtime venv, no TensorFlow):
+
+    python scripts/verify_models.py                 # check, print a summary
+    python scripts/verify_models.py --json          # print the measurements as JSON
+    python scripts/verify_models.py --no-manifest-metrics   # skip comparing with manifest
+
+It reads ``edge_agent/bundled/manifest.json`` for each model's training transform, feeds the
+held-out data (``digits_frames/*.png``, ``sensor_heldout.csv``) through ai-edge-litert and
+measures accuracy / R² / MAE, NaN behaviour and the invoke error. It exits non-zero when a
+model misses its bar (digits >= 95 %, nan_prone >= 90 % and non-finite on raw pixels, the
+invoke_error model raising), when a file is >= 300 KB, or when the manifest's sha256, sizes,
+tensor details or recorded measurements disagree with what it measures.
+
+``make_models.py`` runs it once with ``--json`` to fill the manifest's measured numbers, and
+again to check the final manifest. The functions here are importable by tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import math
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+BUNDLED = Path(__file__).resolve().parent.parent / "edge_agent" / "bundled"
+MAX_BYTES = 300 * 1024
+DIGITS_MIN_ACC = 0.95
+NAN_PRONE_MIN_ACC = 0.90
+NAN_PRONE_MIN_NONFINITE = 0.95
+
+
+def make_interpreter(path: Path, *, default_delegates: bool = True) -> Any:
+    kwargs: dict[str, Any] = {"model_path": str(path)}
+    if not default_delegates:
+        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interp = Interpreter(**kwargs)
+    interp.allocate_tensors()
+    return interp
+
+
+def run(interp: Any, x: np.ndarray) -> np.ndarray:
+    inp = interp.get_input_details()[0]
+    out = interp.get_output_details()[0]
+    interp.set_tensor(inp["index"], x)
+    interp.invoke()
+    return np.array(interp.get_tensor(out["index"]))
+
+
+def tensor_info(d: dict[str, Any]) -> dict[str, Any]:
+    scale, zero_point = d["quantization"]
+    return {
+        "name": d["name"],
+        "shape": [int(v) for v in d["shape"]],
+        "dtype": np.dtype(d["dtype"]).name,
+        "quantization": {"scale": float(scale), "zero_point": int(zero_point)},
+    }
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_frames(frames_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out frames as RGB uint8 [N,32,32,3] and their true digits, sorted by index."""
+    paths = sorted(frames_dir.glob("*.png"))
+    frames, labels = [], []
+    for p in paths:
+        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise RuntimeError(f"cannot read {p}")
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        labels.append(int(p.stem.split("_")[1]))
+    return np.stack(frames), np.array(labels)
+
+
+def prepare_image(frames: np.ndarray, transform: dict[str, Any]) -> np.ndarray:
+    """prepared = (pixel * scale - mean) / std per channel, float32 NHWC."""
+    x = frames.astype(np.float32) * np.float32(transform["scale"])
+    mean = np.asarray(transform["mean"], dtype=np.float32)
+    std = np.asarray(transform["std"], dtype=np.float32)
+    return ((x - mean) / std).astype(np.float32)
+
+
+def quantize(prepared: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    q = np.round(prepared / np.float32(scale) + zero_point)
+    return np.clip(q, 0, 255).astype(np.uint8)
+
+
+def load_sensor_csv(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    data = np.array([[float(v) for v in r] for r in body], dtype=np.float64)
+    return header, data[:, :-1], data[:, -1]
+
+
+def classify(interp: Any, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    outs = np.stack([run(interp, xs[i : i + 1])[0] for i in range(len(xs))])
+    return outs, np.argmax(outs, axis=1)
+
+
+def measure(bundled: Path = BUNDLED) -> dict[str, Any]:
+    """Measure every model named in the manifest; returns {model_file: measurements}."""
+    manifest = json.loads((bundled / "manifest.json").read_text())
+    frames, labels = load_frames(bundled / manifest["heldout"]["digits_frames"]["dir"])
+    results: dict[str, Any] = {}
+    for entry in manifest["models"].values():
+        path = bundled / entry["file"]
+        r: dict[str, Any] = {"size": path.stat().st_size, "sha256": sha256(path)}
+        interp = make_interpreter(path)
+        r["inputs"] = [tensor_info(d) for d in interp.get_input_details()]
+        r["outputs"] = [tensor_info(d) for d in interp.get_output_details()]
+        t = entry.get("transform", {})
+        role = entry["role"]
+        if role == "digits":
+            prepared = prepare_image(frames, t)
+            inp = r["inputs"][0]
+            if inp["dtype"] == "uint8":
+                q = inp["quantization"]
+                prepared = quantize(prepared, q["scale"], q["zero_point"])
+            _, pred = classify(interp, prepared)
+            # The naive feed (raw pixels, no transform) for contrast: uint8 pixels for the
+            # uint8 model, float 0..255 for the float one.
+            naive = frames if inp["dtype"] == "uint8" else frames.astype(np.float32)
+            _, naive_pred = classify(interp, naive)
+            r["heldout"] = {
+                "n": len(labels),
+                "accuracy": float(np.mean(pred == labels)),
+                "accuracy_fed_raw_pixels": float(np.mean(naive_pred == labels)),
+            }
+        elif role == "nan_prone":
+            prepared = prepare_image(frames, t)
+            outs, pred = classify(interp, prepared)
+            per = {}
+            for resolver, it in (
+                ("default", interp),
+                ("builtin_no_delegates", make_interpreter(path, default_delegates=False)),
+            ):
+                ro, _ = classify(it, frames.astype(np.float32))
+                per[resolver] = {
+                    "frames_nonfinite": float(np.mean(~np.isfinite(ro).all(axis=1))),
+                    "frames_with_nan": float(np.mean(np.isnan(ro).any(axis=1))),
+                    "frames_with_inf": float(np.mean(np.isinf(ro).any(axis=1))),
+                }
+            r["heldout"] = {
+                "n": len(labels),
+                "accuracy": float(np.mean(pred == labels)),
+                "all_outputs_finite": bool(np.isfinite(outs).all()),
+                "fed_raw_pixels": per["default"],
+                "fed_raw_pixels_builtin_no_delegates": per["builtin_no_delegates"],
+            }
+        elif role == "regression":
+            header, x_raw, y = load_sensor_csv(bundled / manifest["heldout"]["sensor"]["file"])
+            names = [f["name"] for f in t["features"]]
+            assert header[:-1] == names, (header, names)
+            mean = np.array([f["mean"] for f in t["features"]])
+            std = np.array([f["std"] for f in t["features"]])
+            z = ((x_raw - mean) / std).astype(np.float32)
+            pred = np.array(
+                [run(interp, z[i : i + 1])[0, 0] for i in range(len(z))], dtype=np.float64
+            )
+            ss_res = float(np.sum((y - pred) ** 2))
+            ss_tot = float(np.sum((y - y.mean()) ** 2))
+            r["heldout"] = {
+                "n": len(y),
+                "r2": 1.0 - ss_res / ss_tot,
+                "mae": float(np.mean(np.abs(y - pred))),
+                "all_outputs_finite": bool(np.isfinite(pred).all()),
+            }
+        elif role == "invoke_error":
+            shape = r["inputs"][0]["shape"]
+            trials = {
+                "zeros": np.zeros(shape, np.float32),
+                "ones": np.ones(shape, np.float32),
+                "minus_ones": -np.ones(shape, np.float32),
+                "normal": np.random.default_rng(0).normal(size=shape).astype(np.float32),
+                "large": np.full(shape, 1e6, np.float32),
+            }
+            errors = {}
+            for label, x in trials.items():
+                it = make_interpreter(path)  # fresh: allocate_tensors() must succeed
+                try:
+                    run(it, x)
+                    errors[label] = None
+                except RuntimeError as e:
+                    errors[label] = str(e)
+            r["allocate_ok"] = True
+            r["invoke_errors"] = errors
+            r["invoke_error_message"] = errors["zeros"]
+        if role == "digits" and entry.get("metadata"):
+            r["embedded_files"] = embedded_files(path)
+        results[entry["file"]] = r
+    return results
+
+
+def embedded_files(path: Path) -> dict[str, str]:
+    """Associated files packed by the metadata populator (a zip appended to the model)."""
+    data = path.read_bytes()
+    out: dict[str, str] = {}
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            for n in z.namelist():
+                out[n] = hashlib.sha256(z.read(n)).hexdigest()
+    except zipfile.BadZipFile:
+        pass
+    return out
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def check(bundled: Path, results: dict[str, Any], *, compare_manifest: bool) -> list[str]:
+    manifest = json.loads((bundled / "manifest.json").read_text())
+    problems: list[str] = []
+    for p in sorted(bundled.rglob("*")):
+        if p.is_file() and p.stat().st_size >= MAX_BYTES:
+            problems.append(f"{p.name}: {p.stat().st_size} bytes >= {MAX_BYTES}")
+    for entry in manifest["models"].values():
+        f = entry["file"]
+        r = results[f]
+        role = entry["role"]
+        h = r.get("heldout", {})
+        if role == "digits" and h["accuracy"] < DIGITS_MIN_ACC:
+            problems.append(f"{f}: accuracy {h['accuracy']:.4f} < {DIGITS_MIN_ACC}")
+        if role == "nan_prone":
+            if h["accuracy"] < NAN_PRONE_MIN_ACC or not h["all_outputs_finite"]:
+                problems.append(f"{f}: fed pixel/255: {h}")
+            for k in ("fed_raw_pixels", "fed_raw_pixels_builtin_no_delegates"):
+                if h[k]["frames_nonfinite"] < NAN_PRONE_MIN_NONFINITE:
+                    problems.append(f"{f}: {k}: {h[k]}")
+        if role == "regression" and not h["all_outputs_finite"]:
+            problems.append(f"{f}: non-finite regression output")
+        if role == "invoke_error":
+            bad = [k for k, v in r["invoke_errors"].items() if v is None]
+            if bad:
+                problems.append(f"{f}: invoke() did not raise for {bad}")
+        if entry.get("metadata"):
+            want = entry["metadata"]["associated_files"]
+            if r.get("embedded_files") != want:
+                problems.append(f"{f}: embedded files {r.get('embedded_files')} != {want}")
+        if not compare_manifest:
+            continue
+        for key in ("size", "sha256", "inputs", "outputs"):
+            if entry.get(key) != r[key]:
+                problems.append(f"{f}: manifest {key} {entry.get(key)} != measured {r[key]}")
+        m = entry.get("measured", {})
+        for key, val in r.get("heldout", {}).items():
+            mv = m.get(key)
+            if isinstance(val, float):
+                if mv is None or not _close(mv, val):
+                    problems.append(f"{f}: manifest measured.{key}={mv} != {val}")
+            elif mv != val:
+                problems.append(f"{f}: manifest measured.{key}={mv} != {val}")
+        if (
+            role == "invoke_error"
+            and entry.get("invoke_error_message") != r["invoke_error_message"]
+        ):
+            problems.append(
+                f"{f}: manifest invoke_error_message differs: {r['invoke_error_message']!r}"
+            )
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundled", type=Path, default=BUNDLED)
+    ap.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    ap.add_argument(
+        "--no-manifest-metrics",
+        action="store_true",
+        help="do not compare with the manifest's recorded numbers",
+    )
+    args = ap.parse_args(argv)
+    results = measure(args.bundled)
+    problems = check(args.bundled, results, compare_manifest=not args.no_manifest_metrics)
+    if args.json:
+        json.dump({"results": results, "problems": problems}, sys.stdout, indent=1)
+        print()
+    else:
+        for f, r in results.items():
+            h = r.get("heldout") or {k: r[k] for k in ("invoke_error_message",)}
+            print(f"{f}: {r['size']} B  {json.dumps(h)}")
+        for p in problems:
+            print("PROBLEM:", p)
+        print("OK" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

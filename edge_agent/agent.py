@@ -70,7 +70,7 @@ class Agent:
         self._invoke_failures = 0
         self._source_done = False
         self.interpreter_name = "none"
-        self.link = MqttLink(cfg.mqtt, self.topics, status_payload=self._status_payload)
+        self.link = MqttLink(cfg.mqtt, self.topics, status_payload=self._status_payload, initial_state=self.state)
 
     # ---- status -------------------------------------------------------------------------
     def _status_payload(self, state: str) -> dict[str, Any]:

@@ -96,11 +96,17 @@ def start_amqtt(port: int, *, timeout: float = 10.0) -> LocalBroker:
 
         async def main() -> None:
             broker = Broker(config, loop=loop)
+            await broker.start()  # returns once the listener is bound and listening
             holder["broker"] = broker
-            await broker.start()
-            started.set()
 
-        loop.run_until_complete(main())
+        try:
+            loop.run_until_complete(main())
+        except Exception as err:  # noqa: BLE001  (start_amqtt reports it, e.g. the port is in use)
+            holder["error"] = err
+            loop.close()
+            return
+        finally:
+            started.set()
         loop.run_forever()
 
     thread = threading.Thread(target=serve, name="amqtt-broker", daemon=True)
@@ -112,12 +118,17 @@ def start_amqtt(port: int, *, timeout: float = 10.0) -> LocalBroker:
             fut = asyncio.run_coroutine_threadsafe(broker.shutdown(), loop)
             with contextlib.suppress(Exception):
                 fut.result(5)
-        loop.call_soon_threadsafe(loop.stop)
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
 
-    if not started.wait(timeout) or not _wait_port(port, timeout):
+    # no TCP probe of the port here: amqtt logs an ERROR for a connection that sends nothing
+    if not started.wait(timeout):
         stop()
         raise RuntimeError(f"amqtt did not start listening on 127.0.0.1:{port}")
+    if "error" in holder:
+        thread.join(5)
+        raise RuntimeError(f"amqtt cannot listen on 127.0.0.1:{port}: {holder['error']}")
     return LocalBroker("amqtt", port, "3.1.1", stop)
 
 

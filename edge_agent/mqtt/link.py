@@ -32,14 +32,17 @@ def encode(payload: dict[str, Any]) -> bytes:
 
 
 class MqttLink:
-    def __init__(self, cfg: MqttConfig, topics: Topics, *, status_payload: Callable[[str], dict[str, Any]]) -> None:
+    def __init__(self, cfg: MqttConfig, topics: Topics, *, status_payload: Callable[[str], dict[str, Any]],
+                 initial_state: str = "online") -> None:
         self.cfg = cfg
         self.topics = topics
         self._status_payload = status_payload
         self._connected = threading.Event()
         self._seq: dict[str, int] = {}
         self._seq_lock = threading.Lock()
-        self._state = "online"
+        # what `_on_connect` announces until `publish_status` says otherwise: the owner's real
+        # state, so that an agent still without a model never claims `online` on connect
+        self._state = initial_state
         self.last_error: str | None = None
         v5 = cfg.protocol == "5"
         self._v5 = v5

@@ -84,10 +84,12 @@ class Agent:
                 "since": round(self.since, 3)}
 
     def _set_state(self, state: str) -> None:
-        if state != self.state:
-            log.info("status: %s → %s", self.state, state)
-            self.state = state
-            self.since = time.time()
+        # the link republishes the status on every (re)connect; here only changes go out
+        if state == self.state:
+            return
+        log.info("status: %s → %s", self.state, state)
+        self.state = state
+        self.since = time.time()
         self.link.publish_status(state)
 
     # ---- events -------------------------------------------------------------------------

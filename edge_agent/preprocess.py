@@ -137,7 +137,9 @@ def build_tables(t: ImageTransform, info: TensorInfo, channels: int) -> npt.NDAr
     """A (256, channels) table: entry [v, c] is what pixel value v of channel c becomes."""
     mean, std = t.per_channel(channels)
     if len(mean) != channels or len(std) != channels:
-        raise PreprocessError(f"preprocess.mean/std: {len(mean)} values given but the model input has {channels} channel(s)")
+        bad = "mean" if len(mean) != channels else "std"
+        given = len(t.mean) if bad == "mean" else len(t.std)
+        raise PreprocessError(f"preprocess.{bad}: {given} values given but the model input has {channels} channel(s)")
     px = np.arange(256, dtype=np.float64)[:, None]
     prepared = (px * t.scale - np.asarray(mean)[None, :]) / np.asarray(std)[None, :]
     return quantize_values(prepared, info, channel_axis_len=channels)
@@ -209,9 +211,9 @@ class ImagePlan:
         if t.resize == "center_crop":
             target = lay.width / lay.height
             if fw / fh > target:  # too wide: crop the sides
-                cw, ch = round(fh * target), fh
+                cw, ch = max(1, round(fh * target)), fh
             else:
-                cw, ch = fw, round(fw / target)
+                cw, ch = fw, max(1, round(fw / target))
             cx, cy = (fw - cw) // 2, (fh - ch) // 2
             self.crop = (cx, cy, cw, ch)
             return Geometry(lay.width / cw, lay.height / ch, 0.0, 0.0, cx, cy)

@@ -28,7 +28,10 @@ class CsvRowSource:
 
     def _open(self) -> None:
         try:
-            self._fh = self._path.open(newline="", encoding="utf-8")
+            # utf-8-sig: a spreadsheet's byte-order mark must not become part of the first column
+            # name; errors="replace": a bad byte spoils its own cell (a SourceProblem naming the
+            # row), not the whole 8 KiB decoder chunk of rows around it
+            self._fh = self._path.open(newline="", encoding="utf-8-sig", errors="replace")
         except OSError as err:
             raise SourceError(f"source.path: cannot open {self._path}: {err.strerror or err}") from None
         self._reader = csv.reader(self._fh, delimiter=self._delimiter)
@@ -48,6 +51,7 @@ class CsvRowSource:
             self._columns = list(range(len(header)))
             self._names = tuple(header)
         self._width = len(header)
+        self._rows_since_open = 0
         self._values = np.empty(len(self._columns), dtype=np.float64)
 
     def read(self) -> Frame | SourceProblem | None:
@@ -56,11 +60,13 @@ class CsvRowSource:
         except (csv.Error, UnicodeDecodeError) as err:
             return SourceProblem(f"{self._path.name}:{self._reader.line_num}", f"unreadable CSV row: {err}")
         if row is None:
-            if not self._loop:
+            if not self._loop or self._rows_since_open == 0:
+                # a file with no rows after its header has nothing to loop over
                 return None
             self._fh.close()
             self._open()
             return self.read()
+        self._rows_since_open += 1
         where = f"{self._path.name}:{self._reader.line_num}"
         if not any(cell.strip() for cell in row):
             return SourceProblem(where, "empty row")

@@ -30,7 +30,7 @@ class SyntheticSource:
             np.copyto(buf.reshape(-1), self._pool[start : start + n])
         elif self._pattern == "gradient":
             shift = self._n % 256
-            buf[:] = ((np.arange(w, dtype=np.uint16) * 256 // max(w, 1) + shift) % 256).astype(np.uint8)[None, :, None]
+            buf[:] = ((np.arange(w, dtype=np.int64) * 256 // max(w, 1) + shift) % 256).astype(np.uint8)[None, :, None]
         else:  # bars: vertical color bars that move one bar per frame
             colors = np.array(
                 [[255, 255, 255], [0, 255, 255], [255, 255, 0], [0, 255, 0], [255, 0, 255], [0, 0, 255], [255, 0, 0], [0, 0, 0]],

@@ -190,7 +190,16 @@ class Agent:
             self._stop.wait(IDLE_SLEEP_S)
             return
         self._pace()
-        item = self.source.read()
+        try:
+            item = self.source.read()
+        except SourceError as err:
+            # e.g. a looping CSV whose file vanished: report, drop the source, reopen later
+            self.raise_event("source_error", "error", f"{err} (reopening every {SOURCE_RETRY_S:g} s)")
+            self.source.close()
+            self.source = None
+            self._next_source_try = time.monotonic() + SOURCE_RETRY_S
+            self._set_state("degraded")
+            return
         if item is None:
             self._source_done = True
             log.info("source %s exhausted", self.source.name)

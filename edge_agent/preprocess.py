@@ -5,7 +5,7 @@ conversion are preallocated, and scale, mean, std and quantization are folded in
 256-entry table per channel, computed once from the formula
 
     prepared = (pixel * scale - mean[c]) / std[c]
-    q        = clip(round_half_away(prepared / tensor_scale + zero_point))   (integer tensors)
+    q        = clip(round_half_away(prepared / tensor_scale) + zero_point)   (integer tensors)
 
 so the per-frame work is: resize → (color convert) → one table pass into the tensor.
 Vectors (sensor rows) get per-feature standardization and imputation.
@@ -129,7 +129,8 @@ def quantize_values(values: npt.NDArray[np.float64], info: TensorInfo, channel_a
         scale = np.float64(info.scale)
         zp = np.float64(info.zero_point)
     lim = np.iinfo(dtype)
-    q = _round_half_away(values / scale + zp)
+    # as TFLite's quantizer does: round(value / scale), then add the zero point
+    q = _round_half_away(values / scale) + zp
     return np.clip(q, lim.min, lim.max).astype(dtype)
 
 

@@ -85,8 +85,9 @@ def reference(
     prepared = (img.astype(np.float64) * t.scale - mean) / std
     if np.issubdtype(dtype, np.integer):
         lim = np.iinfo(dtype)
-        q = prepared / scale + zero_point if scale else prepared
-        out = np.clip(_round_half_away(q), lim.min, lim.max).astype(dtype)
+        # TFLite's order: round(prepared / scale), then add the zero point
+        q = _round_half_away(prepared / scale) + zero_point if scale else _round_half_away(prepared)
+        out = np.clip(q, lim.min, lim.max).astype(dtype)
     else:
         out = prepared.astype(dtype)
     if nchw:

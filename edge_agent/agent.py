@@ -8,12 +8,12 @@ same way. Only an invalid config (found before this class is built) exits 2.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edge_agent import __version__
@@ -44,7 +44,7 @@ class ModelStamp:
     @classmethod
     def of(cls, path: str) -> ModelStamp | None:
         try:
-            st = os.stat(path)
+            st = Path(path).stat()
         except OSError:
             return None
         return cls(st.st_mtime_ns, st.st_size)
@@ -78,10 +78,15 @@ class Agent:
         model = (
             {"name": p.model.name, "sha256": p.model.file.sha256, "delegate": p.model.delegate}
             if p is not None
-            else {"name": os.path.basename(self.cfg.model.path), "sha256": None, "delegate": None}
+            else {"name": Path(self.cfg.model.path).name, "sha256": None, "delegate": None}
         )
-        return {"state": state, "version": __version__, "model": model, "interpreter": self.interpreter_name,
-                "since": round(self.since, 3)}
+        return {
+            "state": state,
+            "version": __version__,
+            "model": model,
+            "interpreter": self.interpreter_name,
+            "since": round(self.since, 3),
+        }
 
     def _set_state(self, state: str) -> None:
         # the link republishes the status on every (re)connect; here only changes go out
@@ -115,19 +120,31 @@ class Agent:
             pipeline = Pipeline.load(self.cfg)
             outcome = pipeline.selftest()
         except ModelError as err:
-            self.raise_event("model_error", "error", f"{err} (retrying every {self.cfg.model.retry_interval_s:g} s)",
-                             {"path": self.cfg.model.path, "reason": err.reason})
+            self.raise_event(
+                "model_error",
+                "error",
+                f"{err} (retrying every {self.cfg.model.retry_interval_s:g} s)",
+                {"path": self.cfg.model.path, "reason": err.reason},
+            )
             self._set_state("degraded")
             return
         for w in pipeline.warnings:
             log.warning("%s", w)
         if isinstance(outcome, Fault):
-            self.raise_event(outcome.fault.kind, "error", f"self-test inference: {outcome.fault.message}", outcome.fault.detail)
+            self.raise_event(
+                outcome.fault.kind, "error", f"self-test inference: {outcome.fault.message}", outcome.fault.detail
+            )
         self.pipeline = pipeline
         self._invoke_failures = 0
-        log.info("model %s loaded (%s, sha256 %s, interpreter %s %s, %d threads)", pipeline.model.name,
-                 pipeline.model.delegate, pipeline.model.file.sha256[:12], pipeline.model.backend.name,
-                 pipeline.model.backend.version, pipeline.model.threads)
+        log.info(
+            "model %s loaded (%s, sha256 %s, interpreter %s %s, %d threads)",
+            pipeline.model.name,
+            pipeline.model.delegate,
+            pipeline.model.file.sha256[:12],
+            pipeline.model.backend.name,
+            pipeline.model.backend.version,
+            pipeline.model.threads,
+        )
         if self.source is not None:
             self._set_state("online")
 

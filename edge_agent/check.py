@@ -96,4 +96,3 @@ def run_check(cfg: AgentConfig, samples: list[str], out: Callable[[str], None]) 
             healthy &= ok
     out(f"verdict: {'healthy' if healthy else 'FAULT found'}")
     return 0 if healthy else 1
-

@@ -36,8 +36,18 @@ def demo_config(*, state_dir: str, port: int, protocol: str, model: str = "uint8
     return {
         "device": {"id": "demo", "state_dir": state_dir},
         "source": {"kind": "images", "path": str(b / "digits_frames"), "loop": True, "fps": fps},
-        "model": {"path": str(b / f"digits_{model}.tflite"), "labels": str(b / "digits_labels.txt"), "task": "classification"},
-        "preprocess": {"resize": "stretch", "color": "rgb", "scale": 1 / 255, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+        "model": {
+            "path": str(b / f"digits_{model}.tflite"),
+            "labels": str(b / "digits_labels.txt"),
+            "task": "classification",
+        },
+        "preprocess": {
+            "resize": "stretch",
+            "color": "rgb",
+            "scale": 1 / 255,
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+        },
         "postprocess": {"top_k": 1},
         "mqtt": {"host": "127.0.0.1", "port": port, "protocol": protocol, "topic_prefix": "edge"},
         "service": {"stats_interval_s": 5},
@@ -52,8 +62,11 @@ class _Viewer:
         self.correct = 0
         self.first_at: float | None = None
         self._t0 = time.monotonic()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="edge-agent-demo-viewer",
-                                  protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id="edge-agent-demo-viewer",
+            protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311,
+        )
         self.client.on_connect = lambda c, *_: c.subscribe([("edge/demo/results", 0), ("edge/demo/events", 1)])
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
@@ -99,8 +112,11 @@ def run_demo(*, seconds: float | None, port: int = 1883, model: str = "uint8") -
         print(f"started {broker.kind} on localhost:{port} (MQTT {protocol})", flush=True)
     with tempfile.TemporaryDirectory(prefix="edge-agent-demo-") as state:
         cfg = parse_config(demo_config(state_dir=state, port=port, protocol=protocol, model=model))
-        print(f"model {Path(cfg.model.path).name} on {Path(cfg.source.path or '').name}/ — subscribe with: "
-              f"mosquitto_sub -p {port} -t 'edge/demo/#' -v   (Ctrl-C stops)", flush=True)
+        print(
+            f"model {Path(cfg.model.path).name} on {Path(cfg.source.path or '').name}/ — subscribe with: "
+            f"mosquitto_sub -p {port} -t 'edge/demo/#' -v   (Ctrl-C stops)",
+            flush=True,
+        )
         viewer = _Viewer(port, protocol)
         agent = Agent(cfg)
         thread = threading.Thread(target=agent.run, name="agent", daemon=True)
@@ -119,8 +135,11 @@ def run_demo(*, seconds: float | None, port: int = 1883, model: str = "uint8") -
             if broker is not None:
                 broker.stop()
     if viewer.count:
-        print(f"{viewer.count} results, {viewer.correct / viewer.count:.1%} correct; first result "
-              f"{viewer.first_at:.1f} s after start", flush=True)
+        print(
+            f"{viewer.count} results, {viewer.correct / viewer.count:.1%} correct; first result "
+            f"{viewer.first_at:.1f} s after start",
+            flush=True,
+        )
     else:
         print("no results were received", flush=True)
         return 1

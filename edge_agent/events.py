@@ -52,7 +52,7 @@ class EventMerger:
             self._last_sent[ev.kind] = now
             out.append(ev)
             return out
-        latest, n = self._held.get(ev.kind, (ev, 0))
+        _, n = self._held.get(ev.kind, (ev, 0))
         self._held[ev.kind] = (ev, n + ev.count)
         return out
 

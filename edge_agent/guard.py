@@ -64,7 +64,9 @@ def diagnose(stats: InputStats | None, input_info: TensorInfo | None) -> str:
             "or normalized input, set [preprocess] scale = 0.00392156862745098 (1/255) and its mean/std"
         )
     if not input_info.is_integer and (abs(stats.maximum) > 1e3 or abs(stats.minimum) > 1e3):
-        return f"{rng}: the input is far outside any usual training range; check [preprocess] (scale, mean, std, features)"
+        return (
+            f"{rng}: the input is far outside any usual training range; check [preprocess] (scale, mean, std, features)"
+        )
     return f"{rng}: the input looks plausible, so the model itself (or its delegate) produced the non-finite values"
 
 
@@ -87,9 +89,7 @@ def check_outputs(
         if input_stats is None and lazy_input is not None:
             input_stats = InputStats.of(lazy_input())
         kind = "nan_output" if nan else "inf_output"
-        what = ", ".join(
-            f"{n} {label}" for n, label in ((nan, "NaN"), (pos, "+Inf"), (neg, "-Inf")) if n
-        )
+        what = ", ".join(f"{n} {label}" for n, label in ((nan, "NaN"), (pos, "+Inf"), (neg, "-Inf")) if n)
         bad = nan + pos + neg
         cause = diagnose(input_stats, input_info)
         message = (

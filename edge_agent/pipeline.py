@@ -76,7 +76,9 @@ class Pipeline:
                 reason="task",
             )
         if len(model.inputs) != 1:
-            raise ModelError(f"{model.name} has {len(model.inputs)} inputs; edge-agent feeds models with one input", reason="inputs")
+            raise ModelError(
+                f"{model.name} has {len(model.inputs)} inputs; edge-agent feeds models with one input", reason="inputs"
+            )
         info = model.inputs[0]
         features = cfg.preprocess.features if cfg.preprocess else ()
         transform = self._transform(info)
@@ -148,8 +150,11 @@ class Pipeline:
         except PreprocessError as err:
             return Skipped("source_error", f"{frame.source}: {err}", {"source": frame.source})
         if imputed is None:
-            return Skipped("input_nan", f"{frame.source}: missing value in a feature configured impute = 'skip'; row skipped",
-                           {"source": frame.source})
+            return Skipped(
+                "input_nan",
+                f"{frame.source}: missing value in a feature configured impute = 'skip'; row skipped",
+                {"source": frame.source},
+            )
         t1 = time.monotonic()
         self.model.invoke()  # ModelError propagates: the agent decides what a failing model means
         t2 = time.monotonic()
@@ -164,8 +169,13 @@ class Pipeline:
             return Fault(fault, {"preprocess": _ms(t0, t1), "invoke": _ms(t1, t2), "guard": _ms(t2, t3)})
         fields = self.decoder(outs)
         t4 = time.monotonic()
-        latency = {"preprocess": _ms(t0, t1), "invoke": _ms(t1, t2), "guard": _ms(t2, t3),
-                   "postprocess": _ms(t3, t4), "total": _ms(t0, t4)}
+        latency = {
+            "preprocess": _ms(t0, t1),
+            "invoke": _ms(t1, t2),
+            "guard": _ms(t2, t3),
+            "postprocess": _ms(t3, t4),
+            "total": _ms(t0, t4),
+        }
         return Inference(fields, latency, tuple(imputed))
 
     def selftest(self) -> Outcome:

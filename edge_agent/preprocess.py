@@ -113,7 +113,9 @@ def _round_half_away(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
-def quantize_values(values: npt.NDArray[np.float64], info: TensorInfo, channel_axis_len: int | None = None) -> npt.NDArray[Any]:
+def quantize_values(
+    values: npt.NDArray[np.float64], info: TensorInfo, channel_axis_len: int | None = None
+) -> npt.NDArray[Any]:
     """Real values → the tensor's dtype, using its own scale and zero point."""
     dtype = info.dtype
     if not info.is_integer:
@@ -126,8 +128,8 @@ def quantize_values(values: npt.NDArray[np.float64], info: TensorInfo, channel_a
         scale = np.asarray(info.scales, dtype=np.float64)
         zp = np.asarray(info.zero_points, dtype=np.float64)
     else:
-        scale = np.float64(info.scale)
-        zp = np.float64(info.zero_point)
+        scale = np.asarray(info.scale, dtype=np.float64)
+        zp = np.asarray(info.zero_point, dtype=np.float64)
     lim = np.iinfo(dtype)
     # as TFLite's quantizer does: round(value / scale), then add the zero point
     q = _round_half_away(values / scale) + zp
@@ -200,7 +202,9 @@ class ImagePlan:
             nw, nh = round(fw * g.scale_x), round(fh * g.scale_y)
             self._inner = np.empty((nh, nw, 3), dtype=np.uint8)
             self._inner_at = (int(g.offset_y), int(g.offset_x))
-        self._converted = np.empty((lay.height, lay.width, lay.channels) if lay.channels == 3 else (lay.height, lay.width), dtype=np.uint8)
+        self._converted = np.empty(
+            (lay.height, lay.width, lay.channels) if lay.channels == 3 else (lay.height, lay.width), dtype=np.uint8
+        )
 
     def _geometry(self, fh: int, fw: int) -> Geometry:
         lay, t = self.layout, self.transform
@@ -232,7 +236,8 @@ class ImagePlan:
         if self.info.is_integer:
             diff = table_identity_steps(self.tables)
             lines.append(
-                "table is the identity: a plain copy" if diff == 0
+                "table is the identity: a plain copy"
+                if diff == 0
                 else f"table differs from the identity on {diff} of {256 * lay.channels} entries"
             )
         return lines
@@ -240,18 +245,22 @@ class ImagePlan:
     def run(self, pixels: npt.NDArray[np.uint8], order: str, tensor: npt.NDArray[Any]) -> None:
         """Write one frame (H×W×3 uint8 in `order`) into the tensor view (batch of 1)."""
         if pixels.shape[:2] != self.frame_shape:
-            raise PreprocessError(f"frame is {pixels.shape[1]}×{pixels.shape[0]}, the plan was built for "
-                                  f"{self.frame_shape[1]}×{self.frame_shape[0]}")
+            raise PreprocessError(
+                f"frame is {pixels.shape[1]}×{pixels.shape[0]}, the plan was built for "
+                f"{self.frame_shape[1]}×{self.frame_shape[0]}"
+            )
         lay = self.layout
         cx, cy, cw, ch = self.crop
         src = pixels[cy : cy + ch, cx : cx + cw]
         if self._inner is not None:
-            cv2.resize(src, (self._inner.shape[1], self._inner.shape[0]), dst=self._inner, interpolation=self.interpolation)
+            cv2.resize(
+                src, (self._inner.shape[1], self._inner.shape[0]), dst=self._inner, interpolation=self.interpolation
+            )
             y, x = self._inner_at
             self._resized[y : y + self._inner.shape[0], x : x + self._inner.shape[1]] = self._inner
         else:
             cv2.resize(src, (lay.width, lay.height), dst=self._resized, interpolation=self.interpolation)
-        img = self._resized
+        img: npt.NDArray[np.uint8] = self._resized
         code = _color_code(order, self.transform.color)
         if code is not None:
             cv2.cvtColor(img, code, dst=self._converted)
@@ -303,7 +312,9 @@ class VectorPlan:
         self._work = np.empty(size, dtype=np.float64)
 
     def describe(self) -> list[str]:
-        lines = [f"vector of {self.size} → {self.info.dtype.name} {list(self.info.shape)}, quantization {self.info.describe_quantization()}"]
+        lines = [
+            f"vector of {self.size} → {self.info.dtype.name} {list(self.info.shape)}, quantization {self.info.describe_quantization()}"
+        ]
         lines += [f"  {f.name}: z = (x − {f.mean:g}) / {f.std:g}; missing → {f.impute}" for f in self.features]
         if not self.features:
             lines.append("  no [[preprocess.features]]: values are fed as they come")

@@ -168,9 +168,7 @@ def measure(bundled: Path = BUNDLED) -> dict[str, Any]:
             mean = np.array([f["mean"] for f in t["features"]])
             std = np.array([f["std"] for f in t["features"]])
             z = ((x_raw - mean) / std).astype(np.float32)
-            pred = np.array(
-                [run(interp, z[i : i + 1])[0, 0] for i in range(len(z))], dtype=np.float64
-            )
+            pred = np.array([run(interp, z[i : i + 1])[0, 0] for i in range(len(z))], dtype=np.float64)
             ss_res = float(np.sum((y - pred) ** 2))
             ss_tot = float(np.sum((y - y.mean()) ** 2))
             r["heldout"] = {
@@ -264,13 +262,8 @@ def check(bundled: Path, results: dict[str, Any], *, compare_manifest: bool) -> 
                     problems.append(f"{f}: manifest measured.{key}={mv} != {val}")
             elif mv != val:
                 problems.append(f"{f}: manifest measured.{key}={mv} != {val}")
-        if (
-            role == "invoke_error"
-            and entry.get("invoke_error_message") != r["invoke_error_message"]
-        ):
-            problems.append(
-                f"{f}: manifest invoke_error_message differs: {r['invoke_error_message']!r}"
-            )
+        if role == "invoke_error" and entry.get("invoke_error_message") != r["invoke_error_message"]:
+            problems.append(f"{f}: manifest invoke_error_message differs: {r['invoke_error_message']!r}")
     return problems
 
 

@@ -61,8 +61,14 @@ def to_toml(doc: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_config(tmp_path: Path, *, device: str, port: int, sections: dict[str, dict[str, Any]],
-                 mqtt_extra: dict[str, Any] | None = None) -> Path:
+def write_config(
+    tmp_path: Path,
+    *,
+    device: str,
+    port: int,
+    sections: dict[str, dict[str, Any]],
+    mqtt_extra: dict[str, Any] | None = None,
+) -> Path:
     """A config file in tmp_path with its own device id and state_dir on the test broker."""
     doc: dict[str, dict[str, Any]] = {
         "device": {"id": device, "state_dir": str(tmp_path / "state")},
@@ -88,8 +94,15 @@ def agent_command(config: Path) -> list[str]:
 
 def run_agent(config: Path, *, timeout: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     """Run the agent to completion (a finite source with exit_when_done)."""
-    return subprocess.run(agent_command(config), cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        agent_command(config),
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 class AgentProcess:
@@ -98,8 +111,9 @@ class AgentProcess:
     def __init__(self, config: Path) -> None:
         self.log_path = config.with_suffix(".log")
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(agent_command(config), cwd=REPO, env=subprocess_env(),
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            agent_command(config), cwd=REPO, env=subprocess_env(), stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     @property
     def output(self) -> str:
@@ -146,8 +160,15 @@ class Collector:
     agent publishes afterwards can be missed.
     """
 
-    def __init__(self, port: int, topic: str, *, protocol: MQTTProtocolVersion = mqtt.MQTTv5,
-                 host: str = "127.0.0.1", retain_as_published: bool = False) -> None:
+    def __init__(
+        self,
+        port: int,
+        topic: str,
+        *,
+        protocol: MQTTProtocolVersion = mqtt.MQTTv5,
+        host: str = "127.0.0.1",
+        retain_as_published: bool = False,
+    ) -> None:
         self.messages: list[Message] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
@@ -183,8 +204,9 @@ class Collector:
         """Payloads received on one leaf topic, in arrival order."""
         return [m.payload for m in self.snapshot() if m.leaf == leaf]
 
-    def wait_for(self, pred: Callable[[Message], bool], timeout: float, what: str = "a message", *,
-                 start: int = 0) -> Message:
+    def wait_for(
+        self, pred: Callable[[Message], bool], timeout: float, what: str = "a message", *, start: int = 0
+    ) -> Message:
         """The first message from index `start` on (received already or within timeout) that matches."""
         deadline = time.monotonic() + timeout
         seen = start

@@ -10,7 +10,7 @@ from pathlib import Path
 from conftest import BUNDLED, INTERPRETER
 
 FRAMES = BUNDLED / "digits_frames"
-IMAGENET = 'scale = 0.00392156862745098\nmean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\n'
+IMAGENET = "scale = 0.00392156862745098\nmean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\n"
 MANIFEST = json.loads((BUNDLED / "manifest.json").read_text())
 
 
@@ -31,7 +31,9 @@ def model_section(name: str, **extra: str) -> str:
 
 def test_healthy_digits_model_with_samples(tmp_path: Path) -> None:
     samples = sorted(FRAMES.glob("*.png"))[:5]
-    cfg = model_section("digits_float.tflite", labels=f'"{BUNDLED / "digits_labels.txt"}"') + "[preprocess]\n" + IMAGENET
+    cfg = (
+        model_section("digits_float.tflite", labels=f'"{BUNDLED / "digits_labels.txt"}"') + "[preprocess]\n" + IMAGENET
+    )
     r = check(tmp_path, cfg, *samples)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
@@ -60,9 +62,13 @@ def test_nan_prone_model_fed_raw_pixels_is_a_fault(tmp_path: Path) -> None:
 
 def test_sensor_rows_with_a_blank_cell(tmp_path: Path) -> None:
     feats = MANIFEST["models"]["sensor"]["transform"]["features"]
-    cfg = model_section("sensor.tflite", task='"regression"') + "".join(
-        f'[[preprocess.features]]\nname = "{f["name"]}"\nmean = {f["mean"]}\nstd = {f["std"]}\n' for f in feats
-    ) + '[postprocess]\nvalue_names = ["progression"]\n'
+    cfg = (
+        model_section("sensor.tflite", task='"regression"')
+        + "".join(
+            f'[[preprocess.features]]\nname = "{f["name"]}"\nmean = {f["mean"]}\nstd = {f["std"]}\n' for f in feats
+        )
+        + '[postprocess]\nvalue_names = ["progression"]\n'
+    )
     rows = tmp_path / "rows.csv"
     rows.write_text("age,bmi,bp,s5\n61,25.8,90,4.9972\n74,,101,4.3944\n")
     r = check(tmp_path, cfg, rows)

@@ -58,39 +58,52 @@ def test_minimal_config_takes_defaults(tmp_path: Path) -> None:
         ("[mqtt]\nbogus = 1\n", "mqtt.bogus: unknown key"),
         ("[nonsense]\nx = 1\n", "nonsense: unknown key"),
         ("[mqtt]\nprotocol = 4\n", "mqtt.protocol: must be '5' or '3.1.1', got 4"),
-        ("[mqtt]\ntopic_prefix = \"edge/#\"\n", "mqtt.topic_prefix: must be a topic without wildcards"),
+        ('[mqtt]\ntopic_prefix = "edge/#"\n', "mqtt.topic_prefix: must be a topic without wildcards"),
         ("[mqtt]\nresults_qos = 3\n", "mqtt.results_qos: must be less than or equal to 2, got 3"),
-        ("[mqtt.tls]\ncert = \"c.pem\"\n", "mqtt.tls: cert and key must be given together"),
-        ("[mqtt]\npassword_file = \"pw\"\n", "mqtt.password_file: needs mqtt.username"),
-        ("[device]\nid = \"a/b\"\n", "device.id: must be 1-64 characters"),
-        ("[device]\ngroups = [\"g\", \"g\"]\n", "device.groups: group names must be unique"),
-        ("[source]\nkind = \"images\"\n", "source.path: required when source.kind = 'images'"),
-        ("[source]\nkind = \"webcam\"\n", "source.kind: must be 'picamera2', 'opencv'"),
+        ('[mqtt.tls]\ncert = "c.pem"\n', "mqtt.tls: cert and key must be given together"),
+        ('[mqtt]\npassword_file = "pw"\n', "mqtt.password_file: needs mqtt.username"),
+        ('[device]\nid = "a/b"\n', "device.id: must be 1-64 characters"),
+        ('[device]\ngroups = ["g", "g"]\n', "device.groups: group names must be unique"),
+        ('[source]\nkind = "images"\n', "source.path: required when source.kind = 'images'"),
+        ('[source]\nkind = "webcam"\n', "source.kind: must be 'picamera2', 'opencv'"),
         ("[source]\nfps = 0\n", "source.fps: must be greater than 0, got 0"),
-        ("[source]\nkind = \"opencv\"\n", "source: kind 'opencv' needs exactly one of path, url or device"),
-        ("[source]\nkind = \"opencv\"\nurl = \"ftp://x\"\n", "source.url: must start with rtsp://"),
-        ("[model]\npath = \"m.tflite\"\nthreads = 0\n", "model.threads: must be greater than or equal to 1, got 0"),
-        ("[model]\npath = \"m.tflite\"\nsha256 = \"abc\"\n", "model.sha256: must be 64 hexadecimal characters"),
-        ("[model]\npath = \"m.tflite\"\ninterpreter = \"onnx\"\n", "model.interpreter: must be 'auto', 'ai-edge-litert'"),
-        ("[model]\npath = \"m.tflite\"\ndelegate = \"edgetpu\"\nedgetpu_device = \"usb0\"\n",
-         "model.edgetpu_device: must be 'usb', 'usb:N', 'pci' or 'pci:N', got 'usb0'"),
-        ("[model]\npath = \"m.tflite\"\nedgetpu_device = \"usb\"\n", "model.edgetpu_device: only meaningful with model.delegate = 'edgetpu'"),
+        ('[source]\nkind = "opencv"\n', "source: kind 'opencv' needs exactly one of path, url or device"),
+        ('[source]\nkind = "opencv"\nurl = "ftp://x"\n', "source.url: must start with rtsp://"),
+        ('[model]\npath = "m.tflite"\nthreads = 0\n', "model.threads: must be greater than or equal to 1, got 0"),
+        ('[model]\npath = "m.tflite"\nsha256 = "abc"\n', "model.sha256: must be 64 hexadecimal characters"),
+        ('[model]\npath = "m.tflite"\ninterpreter = "onnx"\n', "model.interpreter: must be 'auto', 'ai-edge-litert'"),
+        (
+            '[model]\npath = "m.tflite"\ndelegate = "edgetpu"\nedgetpu_device = "usb0"\n',
+            "model.edgetpu_device: must be 'usb', 'usb:N', 'pci' or 'pci:N', got 'usb0'",
+        ),
+        (
+            '[model]\npath = "m.tflite"\nedgetpu_device = "usb"\n',
+            "model.edgetpu_device: only meaningful with model.delegate = 'edgetpu'",
+        ),
         ("[preprocess]\nstd = [1, 0, 2]\n", "preprocess.std: every value must be > 0"),
         ("[preprocess]\nmean = [1, 2]\n", "preprocess.mean: must hold 1 value or 3 (one per channel), got 2"),
-        ("[preprocess]\ncolor = \"gray\"\nmean = [1, 2, 3]\n", "preprocess: color = 'gray' takes one mean and one std"),
+        ('[preprocess]\ncolor = "gray"\nmean = [1, 2, 3]\n', "preprocess: color = 'gray' takes one mean and one std"),
         ("[preprocess]\nscale = -1\n", "preprocess.scale: must be greater than 0, got -1"),
         ("[preprocess]\nscale = nan\n", "preprocess.scale: must be greater than 0, got nan"),
-        ("[[preprocess.features]]\nname = \"t\"\nstd = 0\n", "preprocess.features.0.std: must be greater than 0, got 0"),
-        ("[[preprocess.features]]\nname = \"t\"\nmin = 5\nmax = 1\n", "preprocess.features.0: min (5.0) must be less than max (1.0)"),
-        ("[[preprocess.features]]\nname = \"t\"\n[[preprocess.features]]\nname = \"t\"\n",
-         "preprocess.features: feature names must be unique, repeated: t"),
-        ("[[preprocess.features]]\nname = \"t\"\nimpute = \"median\"\n", "preprocess.features.0.impute"),
+        ('[[preprocess.features]]\nname = "t"\nstd = 0\n', "preprocess.features.0.std: must be greater than 0, got 0"),
+        (
+            '[[preprocess.features]]\nname = "t"\nmin = 5\nmax = 1\n',
+            "preprocess.features.0: min (5.0) must be less than max (1.0)",
+        ),
+        (
+            '[[preprocess.features]]\nname = "t"\n[[preprocess.features]]\nname = "t"\n',
+            "preprocess.features: feature names must be unique, repeated: t",
+        ),
+        ('[[preprocess.features]]\nname = "t"\nimpute = "median"\n', "preprocess.features.0.impute"),
         ("[postprocess]\ntop_k = 0\n", "postprocess.top_k: must be greater than or equal to 1, got 0"),
         ("[postprocess]\nthreshold = 1.5\n", "postprocess.threshold: must be less than or equal to 1, got 1.5"),
-        ("[postprocess]\ninclude_labels = [\"a\"]\nexclude_labels = [\"a\"]\n", "postprocess: labels both included and excluded: a"),
+        (
+            '[postprocess]\ninclude_labels = ["a"]\nexclude_labels = ["a"]\n',
+            "postprocess: labels both included and excluded: a",
+        ),
         ("[remote]\nenabled = true\n", "remote.hmac_key_file: required when remote.enabled = true"),
-        ("[remote]\nallowed = [\"mqtt.host\"]\n", "remote.allowed: may not include the broker link or remote.* itself"),
-        ("[service]\nlog_level = \"loud\"\n", "service.log_level: must be 'debug', 'info', 'warning' or 'error'"),
+        ('[remote]\nallowed = ["mqtt.host"]\n', "remote.allowed: may not include the broker link or remote.* itself"),
+        ('[service]\nlog_level = "loud"\n', "service.log_level: must be 'debug', 'info', 'warning' or 'error'"),
         ("[service]\nstats_interval_s = 0\n", "service.stats_interval_s: must be greater than or equal to 1, got 0"),
     ],
 )
@@ -127,7 +140,7 @@ def test_missing_and_binary_files(tmp_path: Path) -> None:
 
 def test_protocol_number_is_accepted(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, MINIMAL + "[mqtt]\nprotocol = 5\n")).mqtt.protocol == "5"
-    assert load_config(write(tmp_path, MINIMAL + "[mqtt]\nprotocol = \"3.1.1\"\n")).mqtt.protocol == "3.1.1"
+    assert load_config(write(tmp_path, MINIMAL + '[mqtt]\nprotocol = "3.1.1"\n')).mqtt.protocol == "3.1.1"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -161,6 +174,11 @@ def test_cli_validate_ok_and_run_with_invalid_config(tmp_path: Path) -> None:
 
 def test_config_path_from_environment(tmp_path: Path) -> None:
     bad = write(tmp_path, "[mqtt]\nport = -1\n")
-    r = subprocess.run([sys.executable, "-m", "edge_agent", "check"], capture_output=True, text=True, timeout=60,
-                       env={"EDGE_AGENT_CONFIG": str(bad), "PATH": "/usr/bin:/bin"})
+    r = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"EDGE_AGENT_CONFIG": str(bad), "PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == 2 and "mqtt.port" in r.stderr

@@ -22,8 +22,15 @@ SUMMARY = re.compile(r"^(\d+) results, ([\d.]+)% correct; first result ([\d.]+) 
 
 
 def run_demo_process(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_agent", "demo", *args], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent", "demo", *args],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def check_demo_output(out: str) -> tuple[int, float, float]:
@@ -32,8 +39,10 @@ def check_demo_output(out: str) -> tuple[int, float, float]:
     assert results, f"no result lines:\n{out[-3000:]}"
     for m in results:
         # the ✓/✗ mark agrees with the truth in the file name
-        assert (m.group(5) == "✓") == (m.group(3) == ["zero", "one", "two", "three", "four", "five", "six", "seven",
-                                                        "eight", "nine"][int(m.group(2))]), m.group(0)
+        assert (m.group(5) == "✓") == (
+            m.group(3)
+            == ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][int(m.group(2))]
+        ), m.group(0)
     summaries = [m for m in map(SUMMARY.match, lines) if m]
     assert len(summaries) == 1, f"no final summary:\n{out[-3000:]}"
     n, pct, first = int(summaries[0].group(1)), float(summaries[0].group(2)), float(summaries[0].group(3))

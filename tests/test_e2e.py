@@ -28,8 +28,14 @@ from edge_agent.broker import LocalBroker
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-DIGITS_PREPROCESS = {"resize": "stretch", "interpolation": "linear", "color": "rgb", "scale": 1 / 255,
-                     "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+DIGITS_PREPROCESS = {
+    "resize": "stretch",
+    "interpolation": "linear",
+    "color": "rgb",
+    "scale": 1 / 255,
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
+}
 SENSOR_FEATURES = ("age", "bmi", "bp", "s5")
 FAULT_SEVERITIES = {"warning", "error", "critical"}
 
@@ -92,13 +98,22 @@ def test_digits_heldout_accuracy_and_result_payload(
     assert len(frames) >= 300, "the held-out frames are missing"
     model = bundled / model_file
     labels = read_labels(bundled / "digits_labels.txt")
-    cfg = write_config(tmp_path, device=device, port=mosquitto.port, sections={
-        "source": {"kind": "images", "path": str(frames_dir), "loop": False, "exit_when_done": True},
-        "model": {"path": str(model), "labels": str(bundled / "digits_labels.txt"), "task": "classification",
-                  "interpreter": INTERPRETER},
-        "preprocess": DIGITS_PREPROCESS,
-        "postprocess": {"top_k": 3},
-    })
+    cfg = write_config(
+        tmp_path,
+        device=device,
+        port=mosquitto.port,
+        sections={
+            "source": {"kind": "images", "path": str(frames_dir), "loop": False, "exit_when_done": True},
+            "model": {
+                "path": str(model),
+                "labels": str(bundled / "digits_labels.txt"),
+                "task": "classification",
+                "interpreter": INTERPRETER,
+            },
+            "preprocess": DIGITS_PREPROCESS,
+            "postprocess": {"top_k": 3},
+        },
+    )
 
     proc = run_agent(cfg)
     assert_clean_finish(proc, col)
@@ -149,11 +164,16 @@ def test_coral_mobilenet_uses_metadata_normalization_and_embedded_labels(
         shutil.copy(coral / name, frames / name)
     model = coral / "mobilenet_v2_1.0_224_quant.tflite"
     # no [preprocess] (mean/std 127.5 come from the metadata), no labels (the embedded ones)
-    cfg = write_config(tmp_path, device=device, port=mosquitto.port, sections={
-        "source": {"kind": "images", "path": str(frames), "loop": False, "exit_when_done": True},
-        "model": {"path": str(model), "task": "classification", "interpreter": INTERPRETER},
-        "postprocess": {"top_k": 3},
-    })
+    cfg = write_config(
+        tmp_path,
+        device=device,
+        port=mosquitto.port,
+        sections={
+            "source": {"kind": "images", "path": str(frames), "loop": False, "exit_when_done": True},
+            "model": {"path": str(model), "task": "classification", "interpreter": INTERPRETER},
+            "postprocess": {"top_k": 3},
+        },
+    )
 
     proc = run_agent(cfg)
     assert_clean_finish(proc, col)
@@ -173,15 +193,28 @@ def test_nan_prone_model_fed_raw_pixels_raises_faults_and_publishes_nothing(
 ) -> None:
     frames = sorted(p.name for p in (bundled / "digits_frames").glob(NAN_SUBSET))
     assert frames
-    cfg = write_config(tmp_path, device=device, port=mosquitto.port, sections={
-        "source": {"kind": "images", "path": str(bundled / "digits_frames" / NAN_SUBSET), "loop": False,
-                   "exit_when_done": True},
-        "model": {"path": str(bundled / "nan_prone.tflite"), "labels": str(bundled / "digits_labels.txt"),
-                  "task": "classification", "interpreter": INTERPRETER},
-        # the mistake under test: no scale, raw 0..255 pixels reach a model trained on pixel/255
-        "preprocess": {"resize": "stretch", "color": "rgb"},
-        "guard": {"event_interval_s": event_interval_s},
-    })
+    cfg = write_config(
+        tmp_path,
+        device=device,
+        port=mosquitto.port,
+        sections={
+            "source": {
+                "kind": "images",
+                "path": str(bundled / "digits_frames" / NAN_SUBSET),
+                "loop": False,
+                "exit_when_done": True,
+            },
+            "model": {
+                "path": str(bundled / "nan_prone.tflite"),
+                "labels": str(bundled / "digits_labels.txt"),
+                "task": "classification",
+                "interpreter": INTERPRETER,
+            },
+            # the mistake under test: no scale, raw 0..255 pixels reach a model trained on pixel/255
+            "preprocess": {"resize": "stretch", "color": "rgb"},
+            "guard": {"event_interval_s": event_interval_s},
+        },
+    )
 
     proc = run_agent(cfg)
     assert_clean_finish(proc, col)
@@ -212,14 +245,27 @@ def test_nan_prone_model_fed_correctly_gives_results_and_no_faults(
     tmp_path: Path, mosquitto: LocalBroker, device: str, col: Collector, bundled: Path
 ) -> None:
     frames = sorted(p.name for p in (bundled / "digits_frames").glob(NAN_SUBSET))
-    cfg = write_config(tmp_path, device=device, port=mosquitto.port, sections={
-        "source": {"kind": "images", "path": str(bundled / "digits_frames" / NAN_SUBSET), "loop": False,
-                   "exit_when_done": True},
-        "model": {"path": str(bundled / "nan_prone.tflite"), "labels": str(bundled / "digits_labels.txt"),
-                  "task": "classification", "interpreter": INTERPRETER},
-        "preprocess": {"resize": "stretch", "color": "rgb", "scale": 1 / 255, "mean": [0.0], "std": [1.0]},
-        "guard": {"event_interval_s": 0},
-    })
+    cfg = write_config(
+        tmp_path,
+        device=device,
+        port=mosquitto.port,
+        sections={
+            "source": {
+                "kind": "images",
+                "path": str(bundled / "digits_frames" / NAN_SUBSET),
+                "loop": False,
+                "exit_when_done": True,
+            },
+            "model": {
+                "path": str(bundled / "nan_prone.tflite"),
+                "labels": str(bundled / "digits_labels.txt"),
+                "task": "classification",
+                "interpreter": INTERPRETER,
+            },
+            "preprocess": {"resize": "stretch", "color": "rgb", "scale": 1 / 255, "mean": [0.0], "std": [1.0]},
+            "guard": {"event_interval_s": 0},
+        },
+    )
 
     proc = run_agent(cfg)
     assert_clean_finish(proc, col)
@@ -270,13 +316,22 @@ def test_sensor_regression_imputes_missing_values_like_training(
             blanks[f"{csv_path.name}:{i + 2}"] = gone  # line 1 is the header
     assert any(blanks.values()) and any(not b for b in blanks.values())
 
-    cfg = write_config(tmp_path, device=device, port=mosquitto.port, sections={
-        "source": {"kind": "csv", "path": str(csv_path), "loop": False, "exit_when_done": True},
-        "model": {"path": str(bundled / "sensor.tflite"), "task": "regression", "interpreter": INTERPRETER},
-        "preprocess": {"features": [{"name": n, "mean": feats[n]["mean"], "std": feats[n]["std"], "impute": "mean"}
-                                    for n in SENSOR_FEATURES]},
-        "postprocess": {"value_names": ["progression"]},
-    })
+    cfg = write_config(
+        tmp_path,
+        device=device,
+        port=mosquitto.port,
+        sections={
+            "source": {"kind": "csv", "path": str(csv_path), "loop": False, "exit_when_done": True},
+            "model": {"path": str(bundled / "sensor.tflite"), "task": "regression", "interpreter": INTERPRETER},
+            "preprocess": {
+                "features": [
+                    {"name": n, "mean": feats[n]["mean"], "std": feats[n]["std"], "impute": "mean"}
+                    for n in SENSOR_FEATURES
+                ]
+            },
+            "postprocess": {"value_names": ["progression"]},
+        },
+    )
 
     proc = run_agent(cfg)
     assert_clean_finish(proc, col)
@@ -315,18 +370,29 @@ def test_missing_model_degraded_then_online_when_file_appears(
     models = tmp_path / "models"
     models.mkdir()
     model = models / "digits_uint8.tflite"
-    cfg = write_config(tmp_path, device=device, port=mosquitto.port, sections={
-        "source": {"kind": "images", "path": str(bundled / "digits_frames" / NAN_SUBSET), "loop": True, "fps": 20},
-        "model": {"path": str(model), "labels": str(bundled / "digits_labels.txt"), "task": "classification",
-                  "interpreter": INTERPRETER, "retry_interval_s": 0.5},
-        "preprocess": DIGITS_PREPROCESS,
-    })
+    cfg = write_config(
+        tmp_path,
+        device=device,
+        port=mosquitto.port,
+        sections={
+            "source": {"kind": "images", "path": str(bundled / "digits_frames" / NAN_SUBSET), "loop": True, "fps": 20},
+            "model": {
+                "path": str(model),
+                "labels": str(bundled / "digits_labels.txt"),
+                "task": "classification",
+                "interpreter": INTERPRETER,
+                "retry_interval_s": 0.5,
+            },
+            "preprocess": DIGITS_PREPROCESS,
+        },
+    )
     status_topic = f"edge/{device}/status"
 
     with AgentProcess(cfg) as agent:
         col.wait_status("degraded", 30)
-        ev = col.wait_for(lambda m: m.leaf == "events" and m.payload["kind"] == "model_error", 30,
-                          "a model_error event")
+        ev = col.wait_for(
+            lambda m: m.leaf == "events" and m.payload["kind"] == "model_error", 30, "a model_error event"
+        )
         check_event_shape(ev.payload)
         assert ev.payload["severity"] in FAULT_SEVERITIES
         assert model.name in ev.payload["message"], ev.payload
@@ -359,12 +425,21 @@ def test_missing_model_degraded_then_online_when_file_appears(
 def test_last_will_publishes_retained_offline_when_killed(
     tmp_path: Path, mosquitto: LocalBroker, device: str, col: Collector, bundled: Path
 ) -> None:
-    cfg = write_config(tmp_path, device=device, port=mosquitto.port, sections={
-        "source": {"kind": "images", "path": str(bundled / "digits_frames" / NAN_SUBSET), "loop": True, "fps": 5},
-        "model": {"path": str(bundled / "digits_uint8.tflite"), "labels": str(bundled / "digits_labels.txt"),
-                  "interpreter": INTERPRETER},
-        "preprocess": DIGITS_PREPROCESS,
-    }, mqtt_extra={"keepalive": 5})
+    cfg = write_config(
+        tmp_path,
+        device=device,
+        port=mosquitto.port,
+        sections={
+            "source": {"kind": "images", "path": str(bundled / "digits_frames" / NAN_SUBSET), "loop": True, "fps": 5},
+            "model": {
+                "path": str(bundled / "digits_uint8.tflite"),
+                "labels": str(bundled / "digits_labels.txt"),
+                "interpreter": INTERPRETER,
+            },
+            "preprocess": DIGITS_PREPROCESS,
+        },
+        mqtt_extra={"keepalive": 5},
+    )
     status_topic = f"edge/{device}/status"
 
     with AgentProcess(cfg) as agent:
@@ -383,21 +458,39 @@ def test_model_failing_in_invoke_raises_model_error_and_keeps_running(
     tmp_path: Path, mosquitto: LocalBroker, device: str, col: Collector, bundled: Path
 ) -> None:
     # invoke_error.tflite takes float32 [1, 4]: four sensor columns fit it
-    cfg = write_config(tmp_path, device=device, port=mosquitto.port, sections={
-        "source": {"kind": "csv", "path": str(bundled / "sensor_heldout.csv"), "columns": list(SENSOR_FEATURES),
-                   "loop": True, "fps": 20},
-        "model": {"path": str(bundled / "invoke_error.tflite"), "task": "raw", "interpreter": INTERPRETER,
-                  "retry_interval_s": 0.5},
-        "guard": {"event_interval_s": 0},
-    })
+    cfg = write_config(
+        tmp_path,
+        device=device,
+        port=mosquitto.port,
+        sections={
+            "source": {
+                "kind": "csv",
+                "path": str(bundled / "sensor_heldout.csv"),
+                "columns": list(SENSOR_FEATURES),
+                "loop": True,
+                "fps": 20,
+            },
+            "model": {
+                "path": str(bundled / "invoke_error.tflite"),
+                "task": "raw",
+                "interpreter": INTERPRETER,
+                "retry_interval_s": 0.5,
+            },
+            "guard": {"event_interval_s": 0},
+        },
+    )
     status_topic = f"edge/{device}/status"
 
     with AgentProcess(cfg) as agent:
-        first = col.wait_for(lambda m: m.leaf == "events" and m.payload["kind"] == "model_error", 30,
-                             "a model_error event")
+        first = col.wait_for(
+            lambda m: m.leaf == "events" and m.payload["kind"] == "model_error", 30, "a model_error event"
+        )
         # it keeps going (and keeps retrying): a second one arrives from the same process
-        col.wait_for(lambda m: m.leaf == "events" and m.payload["kind"] == "model_error" and m is not first, 30,
-                     "a second model_error event")
+        col.wait_for(
+            lambda m: m.leaf == "events" and m.payload["kind"] == "model_error" and m is not first,
+            30,
+            "a second model_error event",
+        )
         errors = [e for e in col.on("events") if e["kind"] == "model_error"]
         for e in errors:
             check_event_shape(e)

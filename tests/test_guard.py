@@ -51,8 +51,10 @@ def never() -> np.ndarray:
 
 
 def test_finite_outputs_pass_without_touching_the_input() -> None:
-    outs = [(out_info(), np.linspace(-1e30, 1e30, 10, dtype=np.float32).reshape(1, 10)),
-            (out_info("boxes", 8, 4), np.zeros((1, 4), np.float32))]
+    outs = [
+        (out_info(), np.linspace(-1e30, 1e30, 10, dtype=np.float32).reshape(1, 10)),
+        (out_info("boxes", 8, 4), np.zeros((1, 4), np.float32)),
+    ]
     assert check_outputs(outs, input_info=FLOAT_IN, lazy_input=never) is None
 
 
@@ -105,8 +107,9 @@ def test_unnamed_output_is_named_by_index() -> None:
 
 def test_given_input_stats_spare_the_lazy_input() -> None:
     stats = InputStats(0.0, 255.0, 120.0, 0)
-    fault = check_outputs([(out_info(), np.full((1, 10), math.nan, np.float32))],
-                          input_stats=stats, input_info=FLOAT_IN, lazy_input=never)
+    fault = check_outputs(
+        [(out_info(), np.full((1, 10), math.nan, np.float32))], input_stats=stats, input_info=FLOAT_IN, lazy_input=never
+    )
     assert fault is not None
     assert fault.detail["input"]["max"] == 255.0
     assert fault.detail["fraction"] == 1.0
@@ -200,10 +203,16 @@ def nan_prone() -> LoadedModel:
 
 def manifest_transform(name: str) -> ImageTransform:
     tr = json.loads((BUNDLED / "manifest.json").read_text())["models"][name]["transform"]
-    return transform_from_config(PreprocessConfig(
-        resize=tr["resize"], interpolation=tr["interpolation"], color=tr["color"],
-        scale=tr["scale"], mean=tuple(tr["mean"]), std=tuple(tr["std"]),
-    ))
+    return transform_from_config(
+        PreprocessConfig(
+            resize=tr["resize"],
+            interpolation=tr["interpolation"],
+            color=tr["color"],
+            scale=tr["scale"],
+            mean=tuple(tr["mean"]),
+            std=tuple(tr["std"]),
+        )
+    )
 
 
 def frames(n: int) -> list[tuple[np.ndarray, int]]:

@@ -10,8 +10,12 @@ from conftest import BUNDLED, INTERPRETER
 
 
 def inspect(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_agent", "inspect", str(path), "--interpreter", INTERPRETER],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "edge_agent", "inspect", str(path), "--interpreter", INTERPRETER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_coral_mobilenet(coral: Path) -> None:

@@ -199,8 +199,17 @@ def test_unbatched_hwc_input() -> None:
     seed=st.integers(0, 2**16),
 )
 def test_plan_matches_reference_everywhere(
-    data: st.DataObject, fh: int, fw: int, h: int, w: int, target: str, nchw: bool, color: str,
-    resize: str, interpolation: str, seed: int,
+    data: st.DataObject,
+    fh: int,
+    fw: int,
+    h: int,
+    w: int,
+    target: str,
+    nchw: bool,
+    color: str,
+    resize: str,
+    interpolation: str,
+    seed: int,
 ) -> None:
     dtype, scale, zp = TARGETS[target]
     channels = 1 if color == "gray" else 3
@@ -582,8 +591,12 @@ def manifest_transform(name: str) -> ImageTransform:
     tr = manifest()["models"][name]["transform"]
     assert tr["kind"] == "image"
     cfg = PreprocessConfig(
-        resize=tr["resize"], interpolation=tr["interpolation"], color=tr["color"],
-        scale=tr["scale"], mean=tuple(tr["mean"]), std=tuple(tr["std"]),
+        resize=tr["resize"],
+        interpolation=tr["interpolation"],
+        color=tr["color"],
+        scale=tr["scale"],
+        mean=tuple(tr["mean"]),
+        std=tuple(tr["std"]),
     )
     return transform_from_config(cfg)
 
@@ -645,8 +658,17 @@ def test_uint8_model_input_is_the_reference_quantization() -> None:
     img, _ = digit_frames()[0]
     Preprocessor(info, t, ()).run(frame_of(img), m.input_view(0))
     got = m.interpreter.get_tensor(info.index)
-    want = reference(img, t, height=32, width=32, channels=3, nchw=False, dtype=np.uint8,
-                     scale=info.scale, zero_point=info.zero_point)
+    want = reference(
+        img,
+        t,
+        height=32,
+        width=32,
+        channels=3,
+        nchw=False,
+        dtype=np.uint8,
+        scale=info.scale,
+        zero_point=info.zero_point,
+    )
     np.testing.assert_array_equal(got, want)
 
 
@@ -687,8 +709,10 @@ def test_no_metadata_no_transform() -> None:
 def test_sensor_model_through_csv_source_and_vector_plan() -> None:
     spec = manifest()["models"]["sensor"]
     features = tuple(FeatureConfig(name=f["name"], mean=f["mean"], std=f["std"]) for f in spec["transform"]["features"])
-    src = CsvRowSource(SourceConfig(kind="csv", path=str(BUNDLED / spec["file"].replace(".tflite", "_heldout.csv"))),
-                       feature_names=tuple(f.name for f in features))
+    src = CsvRowSource(
+        SourceConfig(kind="csv", path=str(BUNDLED / spec["file"].replace(".tflite", "_heldout.csv"))),
+        feature_names=tuple(f.name for f in features),
+    )
     truth = CsvRowSource(SourceConfig(kind="csv", path=str(BUNDLED / "sensor_heldout.csv"), columns=("progression",)))
     m = model("sensor")
     pp = Preprocessor(m.inputs[0], None, features)

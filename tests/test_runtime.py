@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import BUNDLED, INTERPRETER
+
 from edge_agent.config import ModelConfig
 from edge_agent.errors import DelegateError, ModelError
 from edge_agent.runtime.backends import PREFERENCE, select_backend
@@ -105,8 +105,17 @@ def test_uint8_output_is_dequantized() -> None:
 
 
 def test_per_channel_dequantization() -> None:
-    info = TensorInfo("t", 0, (1, 2, 3), np.dtype(np.int8), 0.5, 0, scales=(0.5, 1.0, 2.0), zero_points=(0, 1, -1),
-                      quantized_dimension=2)
+    info = TensorInfo(
+        "t",
+        0,
+        (1, 2, 3),
+        np.dtype(np.int8),
+        0.5,
+        0,
+        scales=(0.5, 1.0, 2.0),
+        zero_points=(0, 1, -1),
+        quantized_dimension=2,
+    )
     raw = np.array([[[2, 2, 2], [-4, 0, 4]]], dtype=np.int8)
     out = dequantize(info, raw)
     np.testing.assert_allclose(out, [[[1.0, 1.0, 6.0], [-2.0, -1.0, 10.0]]])
@@ -123,6 +132,7 @@ def test_input_view_is_zero_copy_and_released() -> None:
 
 
 # ---- every way a model fails gets its own clear, one-line error ----------------------------
+
 
 def expect_model_error(config: ModelConfig, reason: str) -> str:
     with pytest.raises(ModelError) as exc:
@@ -187,8 +197,12 @@ def test_model_failing_inside_invoke() -> None:
 
 def test_edgetpu_delegate_policy_fail(coral: Path) -> None:
     """No libedgetpu here: with on_delegate_error = "fail" the load fails with one line."""
-    config = cfg(coral / "mobilenet_v1_0.25_128_quant_edgetpu.tflite", delegate="edgetpu", edgetpu_device="usb",
-                 on_delegate_error="fail")
+    config = cfg(
+        coral / "mobilenet_v1_0.25_128_quant_edgetpu.tflite",
+        delegate="edgetpu",
+        edgetpu_device="usb",
+        on_delegate_error="fail",
+    )
     with pytest.raises(DelegateError) as exc:
         load_model(config)
     assert exc.value.reason == "delegate_unavailable"
@@ -196,8 +210,11 @@ def test_edgetpu_delegate_policy_fail(coral: Path) -> None:
 
 
 def test_edgetpu_delegate_policy_fallback(coral: Path) -> None:
-    config = cfg(coral / "mobilenet_v1_0.25_128_quant_edgetpu.tflite", delegate="edgetpu",
-                 fallback_path=str(coral / "mobilenet_v2_1.0_224_quant.tflite"))
+    config = cfg(
+        coral / "mobilenet_v1_0.25_128_quant_edgetpu.tflite",
+        delegate="edgetpu",
+        fallback_path=str(coral / "mobilenet_v2_1.0_224_quant.tflite"),
+    )
     model = load_model(config)
     assert model.delegate == "cpu"
     assert model.name == "mobilenet_v2_1.0_224_quant.tflite"

@@ -109,9 +109,7 @@ def _metadata_flatbuffer(labels_name: str) -> bytes:
     )
     labels = _obj(b, (0, "off", b.CreateString(labels_name)), (2, "Int8", 2))
     tensor_out = _obj(b, (0, "off", b.CreateString("scores")), (6, "off", _vec(b, "off", [labels])))
-    subgraph = _obj(
-        b, (2, "off", _vec(b, "off", [tensor_in])), (3, "off", _vec(b, "off", [tensor_out]))
-    )
+    subgraph = _obj(b, (2, "off", _vec(b, "off", [tensor_in])), (3, "off", _vec(b, "off", [tensor_out])))
     root = _obj(
         b,
         (0, "off", b.CreateString("Synthetic")),
@@ -135,9 +133,7 @@ def _synthetic_model(*, external: bool = False, metadata_buffer: int = 1) -> byt
     big_op = _obj(b, (0, "Int8", 127), (3, "Int32", 150), (2, "Int32", 2))
     tpu_op = _obj(b, (0, "Int8", 32), (1, "off", b.CreateString("edgetpu-custom-op")))
     tensor = _obj(b, (0, "off", _vec(b, "Int32", [1, 4])), (3, "off", b.CreateString("t")))
-    operator = _obj(
-        b, (0, "Uint32", 1), (1, "off", _vec(b, "Int32", [0])), (2, "off", _vec(b, "Int32", [0]))
-    )
+    operator = _obj(b, (0, "Uint32", 1), (1, "off", _vec(b, "Int32", [0])), (2, "off", _vec(b, "Int32", [0])))
     subgraph = _obj(b, (0, "off", _vec(b, "off", [tensor])), (3, "off", _vec(b, "off", [operator])))
     if external:
         meta_buf = _obj(b, (1, "Uint64", external_offset), (2, "Uint64", len(meta)))
@@ -229,9 +225,7 @@ def test_mobilenet_v2_metadata(tmp_path: Path) -> None:
     meta = info.metadata
     assert meta is not None
     assert meta.name == "ImageClassifier"
-    assert meta.description == (
-        "Identify the most prominent object in the image from a known set of categories."
-    )
+    assert meta.description == ("Identify the most prominent object in the image from a known set of categories.")
     assert (meta.version, meta.author, meta.license) == (None, None, None)
     assert meta.min_parser_version == "1.0.0"
     assert meta.associated_files == ()
@@ -338,9 +332,7 @@ def test_random_bytes() -> None:
 def test_wrong_identifier() -> None:
     data = bytearray(_synthetic_model())
     data[4:8] = b"xxxx"
-    assert _assert_error(bytes(data)) == (
-        "not a TFLite model: file identifier is b'xxxx', expected b'TFL3'"
-    )
+    assert _assert_error(bytes(data)) == ("not a TFLite model: file identifier is b'xxxx', expected b'TFL3'")
 
 
 @needs_testdata
@@ -370,9 +362,7 @@ def _root_field_pos(data: bytearray, slot: int) -> int:
 
 
 @needs_testdata
-@pytest.mark.parametrize(
-    "corruption", ["root-offset", "vtable-offset", "operator-codes-offset", "buffers-offset"]
-)
+@pytest.mark.parametrize("corruption", ["root-offset", "vtable-offset", "operator-codes-offset", "buffers-offset"])
 def test_corrupted_offset(corruption: str) -> None:
     data = bytearray(_coral(MOBILENET_V2))
     root = struct.unpack_from("<I", data, 0)[0]

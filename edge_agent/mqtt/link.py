@@ -16,8 +16,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge_agent.config import MqttConfig
 from edge_agent.mqtt.topics import Topics
@@ -32,8 +32,14 @@ def encode(payload: dict[str, Any]) -> bytes:
 
 
 class MqttLink:
-    def __init__(self, cfg: MqttConfig, topics: Topics, *, status_payload: Callable[[str], dict[str, Any]],
-                 initial_state: str = "online") -> None:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        topics: Topics,
+        *,
+        status_payload: Callable[[str], dict[str, Any]],
+        initial_state: str = "online",
+    ) -> None:
         self.cfg = cfg
         self.topics = topics
         self._status_payload = status_payload
@@ -87,10 +93,11 @@ class MqttLink:
 
     def start(self) -> None:
         if self._v5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 0
-            self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive,
-                                      clean_start=True, properties=props)
+            self.client.connect_async(
+                self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, clean_start=True, properties=props
+            )
         else:
             self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
         self.client.loop_start()
@@ -104,7 +111,9 @@ class MqttLink:
             self._seq[topic] = n
             return n
 
-    def publish(self, topic: str, payload: dict[str, Any] | bytes, *, qos: int = 0, retain: bool = False) -> mqtt.MQTTMessageInfo:
+    def publish(
+        self, topic: str, payload: dict[str, Any] | bytes, *, qos: int = 0, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
         data = payload if isinstance(payload, bytes) else encode(payload)
         return self.client.publish(topic, data, qos=qos, retain=retain)
 

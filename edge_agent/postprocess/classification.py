@@ -20,9 +20,11 @@ class Classifier:
         x = scores.astype(np.float64).ravel()
         if self.cfg.activation == "softmax":
             e = np.exp(x - x.max())
-            return e / e.sum()  # type: ignore[no-any-return]
+            probs: npt.NDArray[np.float64] = e / e.sum()
+            return probs
         if self.cfg.activation == "sigmoid":
-            return 1.0 / (1.0 + np.exp(-x))  # type: ignore[no-any-return]
+            out: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-x))
+            return out
         return x
 
     def decode(self, scores: npt.NDArray[np.float32]) -> dict[str, Any]:

@@ -27,7 +27,9 @@ def inspect_model(mf: ModelFile, backend: Backend) -> ModelReport:
     try:
         interpreter: Any = backend.interpreter_class(model_content=mf.data)
     except (RuntimeError, ValueError) as err:
-        raise ModelError(f"{mf.name}: {backend.name} cannot read the model: {str(err).splitlines()[0]}", reason="corrupt") from None
+        raise ModelError(
+            f"{mf.name}: {backend.name} cannot read the model: {str(err).splitlines()[0]}", reason="corrupt"
+        ) from None
     inputs = tuple(TensorInfo.from_details(d) for d in interpreter.get_input_details())
     outputs = tuple(TensorInfo.from_details(d) for d in interpreter.get_output_details())
     note = None
@@ -37,7 +39,7 @@ def inspect_model(mf: ModelFile, backend: Backend) -> ModelReport:
     except (RuntimeError, ValueError) as err:
         runnable = False
         if mf.info.edgetpu_compiled:
-            note = f"compiled for the Edge TPU ({EDGETPU_OP}): runs only with a Coral (model.delegate = \"edgetpu\")"
+            note = f'compiled for the Edge TPU ({EDGETPU_OP}): runs only with a Coral (model.delegate = "edgetpu")'
         else:
             note = f"cannot run on {backend.name}: {str(err).strip().splitlines()[0]}"
     return ModelReport(mf, backend.name, inputs, outputs, runnable, note)
@@ -85,6 +87,8 @@ def format_report(r: ModelReport) -> list[str]:
                 if tm.color_space:
                     lines.append(f"    color space: {tm.color_space}")
                 for af in tm.associated_files:
+                    if af.name is None:
+                        continue
                     size = len(info.associated_files.get(af.name, b""))
                     packed = f", packed in the file ({size} bytes)" if af.name in info.associated_files else ""
                     lines.append(f"    associated file: {af.name} ({af.type}{packed})")

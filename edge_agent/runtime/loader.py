@@ -179,11 +179,11 @@ def _build_interpreter(backend: Backend, mf: ModelFile, threads: int, delegates:
         if EDGETPU_OP in text or (mf.info.edgetpu_compiled and not delegates):
             raise ModelError(
                 f"{mf.name} is compiled for the Edge TPU ({EDGETPU_OP}) and cannot run on the CPU: "
-                "attach a Coral and set model.delegate = \"edgetpu\", or use the model's CPU version",
+                'attach a Coral and set model.delegate = "edgetpu", or use the model\'s CPU version',
                 reason="edgetpu_required",
             ) from None
         if "unresolved custom op" in text or unsupported:
-            ops = ", ".join(unsupported) or text.split("custom op:")[-1].split(".")[0].strip()
+            ops = ", ".join(unsupported) or text.rsplit("custom op:", maxsplit=1)[-1].split(".", maxsplit=1)[0].strip()
             raise ModelError(
                 f"{mf.name} needs custom op(s) {ops} which the {backend.name} runtime does not provide",
                 reason="unsupported_op",
@@ -199,10 +199,10 @@ def load_model(cfg: ModelConfig, *, backend: Backend | None = None) -> LoadedMod
     threads = cfg.threads or _default_threads()
     mf = read_model_file(cfg.path, expected_sha256=cfg.sha256)
     if cfg.delegate == "cpu":
-        return _finish(backend, mf, threads, [], "cpu", ())
+        return _finish(backend, mf, threads, [], kind="cpu", notes=())
     try:
         delegate = load_edgetpu_delegate(backend, cfg.edgetpu_device)
-        return _finish(backend, mf, threads, [delegate], "edgetpu", ())
+        return _finish(backend, mf, threads, [delegate], kind="edgetpu", notes=())
     except DelegateError as err:
         if cfg.on_delegate_error == "fail":
             raise
@@ -211,19 +211,29 @@ def load_model(cfg: ModelConfig, *, backend: Backend | None = None) -> LoadedMod
     if cfg.fallback_path:
         # the pin names the primary model; the fallback is checked by its own loader
         fb = read_model_file(cfg.fallback_path)
-        return _finish(backend, fb, threads, [], "cpu", (note,))
+        return _finish(backend, fb, threads, [], kind="cpu", notes=(note,))
     if mf.info.edgetpu_compiled:
         raise DelegateError(
             f"{note}, but {mf.name} is compiled for the Edge TPU and model.fallback_path is not set: "
             "give a CPU model in model.fallback_path",
             reason="delegate_unavailable",
         )
-    return _finish(backend, mf, threads, [], "cpu", (note,))
+    return _finish(backend, mf, threads, [], kind="cpu", notes=(note,))
 
 
-def _finish(backend: Backend, mf: ModelFile, threads: int, delegates: list[Any], kind: str, notes: tuple[str, ...]) -> LoadedModel:
+def _finish(
+    backend: Backend, mf: ModelFile, threads: int, delegates: list[Any], *, kind: str, notes: tuple[str, ...]
+) -> LoadedModel:
     interpreter = _build_interpreter(backend, mf, threads, delegates)
     inputs = tuple(TensorInfo.from_details(d) for d in interpreter.get_input_details())
     outputs = tuple(TensorInfo.from_details(d) for d in interpreter.get_output_details())
-    return LoadedModel(file=mf, backend=backend, interpreter=interpreter, delegate=kind,
-                       inputs=inputs, outputs=outputs, threads=threads, notes=notes)
+    return LoadedModel(
+        file=mf,
+        backend=backend,
+        interpreter=interpreter,
+        delegate=kind,
+        inputs=inputs,
+        outputs=outputs,
+        threads=threads,
+        notes=notes,
+    )

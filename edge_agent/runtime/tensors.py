@@ -57,7 +57,9 @@ class TensorInfo:
         )
 
 
-def dequantize(info: TensorInfo, raw: npt.NDArray[Any], out: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
+def dequantize(
+    info: TensorInfo, raw: npt.NDArray[Any], out: npt.NDArray[np.float32] | None = None
+) -> npt.NDArray[np.float32]:
     """Real values of an output tensor: (q - zero_point) * scale, per channel when needed."""
     if out is None:
         out = np.empty(raw.shape, dtype=np.float32)

@@ -139,10 +139,7 @@ class _Buffer:
 
     def check(self, pos: int, size: int, what: str) -> None:
         if pos < 0 or size < 0 or pos + size > len(self.data):
-            raise self.fail(
-                f"{what} at offset {pos} (+{size} bytes) lies outside the "
-                f"{len(self.data)} bytes of data"
-            )
+            raise self.fail(f"{what} at offset {pos} (+{size} bytes) lies outside the {len(self.data)} bytes of data")
 
     def get(self, flags: Any, pos: int, what: str) -> Any:
         self.check(pos, flags.bytewidth, what)
@@ -242,9 +239,7 @@ def parse_model_bytes(data: bytes) -> TfliteModelInfo:
     if len(data) < 8:
         raise TfliteFileError(f"truncated model file: only {len(data)} bytes")
     if data[4:8] != _MODEL_IDENTIFIER:
-        raise TfliteFileError(
-            f"not a TFLite model: file identifier is {data[4:8]!r}, expected {_MODEL_IDENTIFIER!r}"
-        )
+        raise TfliteFileError(f"not a TFLite model: file identifier is {data[4:8]!r}, expected {_MODEL_IDENTIFIER!r}")
     buf = _Buffer(data, "truncated or corrupt model file")
     model = buf.root(_MODEL_IDENTIFIER)
     operators = tuple(_operator_code(t) for t in model.tables(6, "operator_codes"))
@@ -266,9 +261,7 @@ def parse_model_bytes(data: bytes) -> TfliteModelInfo:
         if name not in ("TFLITE_METADATA", "min_runtime_version"):
             continue
         if index >= len(spans):
-            raise buf.fail(
-                f"metadata {name!r} refers to buffer {index} but the model has {len(spans)} buffers"
-            )
+            raise buf.fail(f"metadata {name!r} refers to buffer {index} but the model has {len(spans)} buffers")
         start, size = spans[index]
         payload = data[start : start + size]
         if name == "TFLITE_METADATA" and metadata is None:

@@ -44,7 +44,9 @@ class CsvRowSource:
         if self._wanted:
             missing = [c for c in self._wanted if c not in header]
             if missing:
-                raise SourceError(f"source.path: {self._path.name} has no column(s) {', '.join(missing)} (header: {', '.join(header)})")
+                raise SourceError(
+                    f"source.path: {self._path.name} has no column(s) {', '.join(missing)} (header: {', '.join(header)})"
+                )
             self._columns = [header.index(c) for c in self._wanted]
             self._names = tuple(self._wanted)
         else:

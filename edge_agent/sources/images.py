@@ -22,7 +22,8 @@ def list_images(pattern: str) -> list[Path]:
     elif p.is_file():
         files = [p]
     else:
-        files = [Path(f) for f in glob.glob(str(p), recursive=True)]
+        # a pattern may be absolute ("/srv/frames/*.jpg"), which Path.glob does not take
+        files = [Path(f) for f in glob.glob(str(p), recursive=True)]  # noqa: PTH207
         files = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
     return sorted(files)
 

@@ -19,10 +19,14 @@ class SyntheticSource:
         self._stamp = Stamp()
         self._n = 0
         size = cfg.height * cfg.width * 3
-        self._pool = self._rng.integers(0, 256, size=2 * size, dtype=np.uint8) if cfg.pattern == "noise" else np.empty(0, np.uint8)
+        self._pool = (
+            self._rng.integers(0, 256, size=2 * size, dtype=np.uint8)
+            if cfg.pattern == "noise"
+            else np.empty(0, np.uint8)
+        )
 
     def _fill(self, buf: np.ndarray) -> None:
-        h, w, _ = buf.shape
+        _, w, _ = buf.shape
         if self._pattern == "noise":
             # a window into a noise pool generated once: every frame differs, none allocates
             n = buf.size
@@ -33,7 +37,16 @@ class SyntheticSource:
             buf[:] = ((np.arange(w, dtype=np.int64) * 256 // max(w, 1) + shift) % 256).astype(np.uint8)[None, :, None]
         else:  # bars: vertical color bars that move one bar per frame
             colors = np.array(
-                [[255, 255, 255], [0, 255, 255], [255, 255, 0], [0, 255, 0], [255, 0, 255], [0, 0, 255], [255, 0, 0], [0, 0, 0]],
+                [
+                    [255, 255, 255],
+                    [0, 255, 255],
+                    [255, 255, 0],
+                    [0, 255, 0],
+                    [255, 0, 255],
+                    [0, 0, 255],
+                    [255, 0, 0],
+                    [0, 0, 0],
+                ],
                 dtype=np.uint8,
             )
             bar = max(w // 8, 1)

@@ -275,6 +275,10 @@ class Agent:
         }
         if inf.imputed:
             payload["imputed"] = list(inf.imputed)
+            self.stats.count("imputed", inf.imputed)
+        if inf.clipped:
+            payload["clipped"] = list(inf.clipped)
+            self.stats.count("clipped", inf.clipped)
         self.stats.record(inf.latency_ms)
         self.stats.results += 1
         self.link.publish(topic, payload, qos=self.cfg.mqtt.results_qos)

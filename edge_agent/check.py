@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ModelError, SourceError
 from edge_agent.pipeline import Fault, Inference, Outcome, Pipeline
+from edge_agent.preprocess import ImagePlan
+from edge_agent.reference import reference_prepare
 from edge_agent.runtime.inspection import _fmt_tensor
+from edge_agent.runtime.tensors import TensorInfo
 from edge_agent.sources.base import Frame, SourceProblem, Stamp, frame_from_pixels
 from edge_agent.sources.csv_rows import CsvRowSource
 from edge_agent.sources.images import IMAGE_SUFFIXES, decode_image
@@ -32,6 +39,50 @@ def _sample_frames(path: str, pipeline: Pipeline, cfg: AgentConfig) -> list[Fram
     return [frame_from_pixels(Stamp(), p.name, img, "bgr")]
 
 
+def _real(values: npt.NDArray[Any], info: TensorInfo) -> npt.NDArray[np.float64]:
+    v = values.astype(np.float64)
+    return (v - info.zero_point) * info.scale if info.is_integer and info.quantized else v
+
+
+def audit_prepared(pipeline: Pipeline, frame: Frame) -> tuple[list[str], bool]:
+    """Per-channel statistics of the prepared tensor, what the training transform implies, and
+    the largest difference from the float64 reference implementation (its own resize)."""
+    plan = pipeline.pre.plan_for(frame)
+    if not isinstance(plan, ImagePlan) or frame.pixels is None:
+        return [], True
+    info = plan.info
+    got = _real(pipeline.model.interpreter.get_tensor(info.index)[0], info)
+    want = _real(reference_prepare(frame.pixels, frame.order, plan.transform, info)[0], info)
+    axis = 0 if plan.layout.nchw else -1
+    table = _real(plan.tables, info)  # (256, C): what each pixel value of each channel becomes
+    _, std = plan.transform.per_channel(plan.layout.channels)
+    lines: list[str] = []
+    ok = True
+    for c in range(plan.layout.channels):
+        ch = np.take(got, c, axis=axis)
+        lo, hi = float(table[:, c].min()), float(table[:, c].max())
+        lines.append(
+            f"  channel {c}: min {ch.min():.4g}  max {ch.max():.4g}  mean {ch.mean():.4g}   "
+            f"(the transform maps pixels 0..255 to [{lo:.4g}, {hi:.4g}])"
+        )
+        if ch.min() < lo - 1e-6 or ch.max() > hi + 1e-6:
+            ok = False
+            lines.append(f"  MISMATCH: channel {c} holds values outside what the training transform can produce")
+    # one source grey level through the resize, plus one quantization step for integer targets
+    step = info.scale if info.is_integer and info.quantized else 0.0
+    tol = max(plan.transform.scale / s for s in std) + step + 1e-5
+    diff = float(np.abs(got - want).max())
+    if diff <= tol:
+        lines.append(f"  matches the reference transform: largest difference {diff:.3g} (tolerance {tol:.3g})")
+    else:
+        ok = False
+        lines.append(
+            f"  MISMATCH: the prepared input differs from the reference transform by up to {diff:.4g} "
+            f"(more than one grey level, {tol:.3g}): the compiled plan is not reproducing the training transform"
+        )
+    return lines, ok
+
+
 def _describe_outcome(o: Outcome) -> tuple[str, bool]:
     if isinstance(o, Inference):
         if "top" in o.fields:
@@ -41,6 +92,8 @@ def _describe_outcome(o: Outcome) -> tuple[str, bool]:
             text = "values: " + ", ".join(f"{k}={v:.4g}" for k, v in o.fields.get("values", {}).items())
         if o.imputed:
             text += f" (imputed: {', '.join(o.imputed)})"
+        if o.clipped:
+            text += f" (clipped to the declared range: {', '.join(o.clipped)})"
         return f"{text}  [invoke {o.latency_ms['invoke']:.2f} ms]  guard: ok", True
     if isinstance(o, Fault):
         return f"guard: FAULT {o.fault.kind}: {o.fault.message}", False
@@ -94,5 +147,14 @@ def run_check(cfg: AgentConfig, samples: list[str], out: Callable[[str], None]) 
                 text, ok = f"FAULT: {err}", False
             out(f"{item.source}: {text}")
             healthy &= ok
+            if item.pixels is not None:
+                out(
+                    f"  plan for {item.pixels.shape[1]}×{item.pixels.shape[0]} frames: {'; '.join(pipeline.describe(item))}"
+                )
+                out("  prepared input, per channel:")
+                lines, fine = audit_prepared(pipeline, item)
+                for line in lines:
+                    out(line)
+                healthy &= fine
     out(f"verdict: {'healthy' if healthy else 'FAULT found'}")
     return 0 if healthy else 1

@@ -40,6 +40,7 @@ class Inference:
     fields: dict[str, Any]
     latency_ms: dict[str, float]
     imputed: tuple[str, ...] = ()
+    clipped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Pipeline:
         info = model.inputs[0]
         features = cfg.preprocess.features if cfg.preprocess else ()
         transform = self._transform(info)
-        self.pre = Preprocessor(info, transform, features)
+        self.pre = Preprocessor(info, transform, features, skip_missing=cfg.guard.on_input_nan == "skip")
         self._tensor_fn = model.input_view(0)
         self.decoder: Callable[[list[npt.NDArray[np.float32]]], dict[str, Any]]
         if self.task == "classification":
@@ -146,10 +147,10 @@ class Pipeline:
     def process(self, frame: Frame) -> Outcome:
         t0 = time.monotonic()
         try:
-            imputed = self.pre.run(frame, self._tensor_fn)
+            prepared = self.pre.run(frame, self._tensor_fn)
         except PreprocessError as err:
             return Skipped("source_error", f"{frame.source}: {err}", {"source": frame.source})
-        if imputed is None:
+        if prepared is None:
             return Skipped(
                 "input_nan",
                 f"{frame.source}: missing value in a feature configured impute = 'skip'; row skipped",
@@ -176,7 +177,7 @@ class Pipeline:
             "postprocess": _ms(t3, t4),
             "total": _ms(t0, t4),
         }
-        return Inference(fields, latency, tuple(imputed))
+        return Inference(fields, latency, prepared.imputed, prepared.clipped)
 
     def selftest(self) -> Outcome:
         """One inference on a mid-gray frame (or the features' means): the model must answer finitely."""

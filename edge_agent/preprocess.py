@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -155,6 +156,14 @@ def table_identity_steps(tables: npt.NDArray[Any]) -> int:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """What preparing one frame did beyond the transform: features imputed or clipped."""
+
+    imputed: tuple[str, ...] = ()
+    clipped: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class InputLayout:
     height: int
     width: int
@@ -176,10 +185,44 @@ class InputLayout:
         )
 
 
-class ImagePlan:
-    """The compiled transform for one frame size; `run` writes one frame into the tensor."""
+KernelName = Literal["copy", "lut", "affine", "planes"]
 
-    def __init__(self, transform: ImageTransform, info: TensorInfo, frame_shape: tuple[int, ...]) -> None:
+
+def _time_us(fn: Callable[[], object], runs: int = 7) -> float:
+    fn()  # warm caches and OpenCV's dispatch
+    best = math.inf
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e6
+
+
+class ImagePlan:
+    """The compiled transform for one frame size; `run` writes one frame into the tensor.
+
+    The fused per-channel pass is one of:
+      copy    the transform is exactly the identity on a uint8 tensor: a plain copy;
+      lut     cv2.LUT with the exact 256-entry table(s), any target dtype (the only exact
+              choice for integer targets: quantization rounding lives in the table);
+      affine  float32 targets: one converting copy, then cv2.transform in place with a 3×4
+              matrix (per-channel scale and bias; a channel swap folded into it for free);
+      planes  NCHW tensors: np.take per channel plane.
+    For float32 NHWC the plan times lut and affine once, at build, and keeps the faster.
+    """
+
+    def __init__(
+        self,
+        transform: ImageTransform,
+        info: TensorInfo,
+        frame_shape: tuple[int, ...],
+        *,
+        kernel: KernelName | Literal["auto"] = "auto",
+        prefer: KernelName | None = None,
+    ) -> None:
+        """`kernel` forces a fused pass (an error where it cannot write this tensor); with "auto",
+        `prefer` (an earlier plan's measured choice) is taken when it applies here, else the
+        plan measures."""
         self.transform = transform
         self.info = info
         self.layout = lay = InputLayout.of(info)
@@ -189,23 +232,37 @@ class ImagePlan:
             )
         fh, fw = frame_shape[0], frame_shape[1]
         self.frame_shape = (fh, fw)
+        self.frame_channels = frame_shape[2] if len(frame_shape) == 3 else 1
+        if self.frame_channels not in (1, 3):
+            raise PreprocessError(f"frames must have 1 or 3 channels, got {self.frame_channels}")
         self.interpolation = INTERPOLATION[transform.interpolation]
         self.tables = build_tables(transform, info, lay.channels)
-        self.identity = table_identity_steps(self.tables) == 0 and info.dtype == np.uint8
+        self.identity_steps = table_identity_steps(self.tables)
         self.crop: tuple[int, int, int, int] = (0, 0, fw, fh)
         self.geometry = self._geometry(fh, fw)
-        shape = (lay.height, lay.width, 3)
-        self._resized = np.full(shape, transform.pad_value, dtype=np.uint8)
+        fc = () if self.frame_channels == 1 else (3,)
+        # a frame already at the model's size (an ISP that resized it) is used as it is
+        self.direct = (fh, fw) == (lay.height, lay.width) and self.crop == (0, 0, fw, fh)
+        self._resized = np.full((lay.height, lay.width, *fc), transform.pad_value, dtype=np.uint8)
         self._inner: npt.NDArray[np.uint8] | None = None
-        if transform.resize == "letterbox":
+        self._inner_at = (0, 0)
+        if transform.resize == "letterbox" and not self.direct:
             g = self.geometry
-            nw, nh = round(fw * g.scale_x), round(fh * g.scale_y)
-            self._inner = np.empty((nh, nw, 3), dtype=np.uint8)
+            nw, nh = max(1, round(fw * g.scale_x)), max(1, round(fh * g.scale_y))
+            self._inner = np.empty((nh, nw, *fc), dtype=np.uint8)
             self._inner_at = (int(g.offset_y), int(g.offset_x))
         self._converted = np.empty(
-            (lay.height, lay.width, lay.channels) if lay.channels == 3 else (lay.height, lay.width), dtype=np.uint8
+            (lay.height, lay.width, 3) if lay.channels == 3 else (lay.height, lay.width), np.uint8
         )
+        # tables as cv2.LUT takes them: (1, 256, C), or (1, 256) when every channel shares one
+        shared = bool(np.all(self.tables == self.tables[:, :1]))
+        lut = self.tables[:, :1] if shared else self.tables
+        self._lut = np.ascontiguousarray(lut.reshape(1, 256, -1) if not shared else lut.reshape(1, 256))
+        self._lut_shared = shared
+        self._affine: dict[str, npt.NDArray[np.float32]] = {}
+        self.kernel: KernelName = self._choose(kernel, prefer)
 
+    # ---- building -----------------------------------------------------------------------
     def _geometry(self, fh: int, fw: int) -> Geometry:
         lay, t = self.layout, self.transform
         if t.resize == "letterbox":
@@ -224,31 +281,107 @@ class ImagePlan:
             return Geometry(lay.width / cw, lay.height / ch, 0.0, 0.0, cx, cy)
         return Geometry(lay.width / fw, lay.height / fh, 0.0, 0.0)
 
+    def possible_kernels(self) -> list[KernelName]:
+        """The fused passes that can write this tensor from these frames."""
+        lay, dtype = self.layout, self.info.dtype
+        possible: list[KernelName] = []
+        if lay.nchw:
+            possible = ["planes"]
+        else:
+            if self.identity_steps == 0 and dtype == np.uint8:
+                possible.append("copy")
+            if dtype in (np.uint8, np.int8, np.float32, np.float16):
+                possible.append("lut")
+            if dtype == np.float32 and lay.channels == 3 and self.frame_channels == 3:
+                possible.append("affine")
+            if not possible:
+                possible = ["planes"]
+        return possible
+
+    def _choose(self, requested: KernelName | Literal["auto"], prefer: KernelName | None) -> KernelName:
+        lay, dtype = self.layout, self.info.dtype
+        possible = self.possible_kernels()
+        if requested != "auto":
+            if requested not in possible:
+                raise PreprocessError(f"kernel {requested!r} cannot write a {dtype.name} {lay} tensor")
+            return requested
+        if possible[0] == "copy" or len(possible) == 1:
+            return possible[0]
+        if prefer in possible:
+            return prefer
+        # measure: which of the exact table and the multiply-add is faster here
+        probe = np.zeros((1, lay.height, lay.width, lay.channels), dtype=dtype)
+        img = np.zeros((lay.height, lay.width, 3), dtype=np.uint8)
+        timings = {}
+        for k in possible:
+            self.kernel = k
+            timings[k] = _time_us(lambda: self._fused(img, self.transform.color, probe[0]))
+        self.timings_us = timings
+        return min(timings, key=lambda k: timings[k])
+
+    def _affine_matrix(self, order: str) -> npt.NDArray[np.float32]:
+        m = self._affine.get(order)
+        if m is None:
+            mean, std = self.transform.per_channel(3)
+            want = self.transform.color
+            # output channel c reads input channel perm[c]: a BGR↔RGB swap costs nothing here
+            perm = [2, 1, 0] if {order, want} == {"bgr", "rgb"} else [0, 1, 2]
+            m = np.zeros((3, 4), dtype=np.float32)
+            for c in range(3):
+                m[c, perm[c]] = self.transform.scale / std[c]
+                m[c, 3] = -mean[c] / std[c]
+            self._affine[order] = m
+        return m
+
     def describe(self) -> list[str]:
         lay, t = self.layout, self.transform
         mean, std = t.per_channel(lay.channels)
+        resize = "used as it is (already the model's size)" if self.direct else f"{t.resize} ({t.interpolation})"
         lines = [
-            f"frame {self.frame_shape[1]}×{self.frame_shape[0]} → {t.resize} ({t.interpolation}) to "
+            f"frame {self.frame_shape[1]}×{self.frame_shape[0]} → {resize} to "
             f"{lay.width}×{lay.height}×{lay.channels} {'NCHW' if lay.nchw else 'NHWC'}",
             f"color {t.color}; prepared = (pixel × {t.scale:g} − {list(mean)}) / {list(std)}  (from {t.origin})",
             f"target {self.info.dtype.name}, quantization {self.info.describe_quantization()}",
+            f"fused pass: {self.kernel}"
+            + (
+                " (" + ", ".join(f"{k} {v:.0f} µs" for k, v in getattr(self, "timings_us", {}).items()) + " measured)"
+                if getattr(self, "timings_us", None)
+                else ""
+            ),
         ]
         if self.info.is_integer:
-            diff = table_identity_steps(self.tables)
-            lines.append(
-                "table is the identity: a plain copy"
-                if diff == 0
-                else f"table differs from the identity on {diff} of {256 * lay.channels} entries"
-            )
+            if self.identity_steps == 0:
+                lines.append("table is the identity: a plain copy")
+            elif self._lut_shared:
+                per = self.identity_steps // lay.channels
+                lines.append(
+                    f"table differs from the identity by up to {self._max_step()} step(s) on {per} of 256 values"
+                )
+            else:
+                lines.append(
+                    f"tables differ from the identity by up to {self._max_step()} step(s) on "
+                    f"{self.identity_steps} of {256 * lay.channels} entries"
+                )
         return lines
 
-    def run(self, pixels: npt.NDArray[np.uint8], order: str, tensor: npt.NDArray[Any]) -> None:
-        """Write one frame (H×W×3 uint8 in `order`) into the tensor view (batch of 1)."""
-        if pixels.shape[:2] != self.frame_shape:
+    def _max_step(self) -> int:
+        return int(np.abs(self.tables.astype(np.float64) - np.arange(256.0)[:, None]).max())
+
+    # ---- per frame ----------------------------------------------------------------------
+    def resize(self, pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+        """The frame at the model's size (a view of the frame itself when no resize is needed)."""
+        channels = pixels.shape[2] if pixels.ndim == 3 else 1  # H×W×1 is gray, as H×W is
+        if pixels.shape[:2] != self.frame_shape or channels != self.frame_channels:
+
+            def kind(c: int) -> str:
+                return "" if channels == self.frame_channels else " gray" if c == 1 else f" {c}-channel"
+
             raise PreprocessError(
-                f"frame is {pixels.shape[1]}×{pixels.shape[0]}, the plan was built for "
-                f"{self.frame_shape[1]}×{self.frame_shape[0]}"
+                f"frame is {pixels.shape[1]}×{pixels.shape[0]}{kind(channels)}, the plan was built for "
+                f"{self.frame_shape[1]}×{self.frame_shape[0]}{kind(self.frame_channels)}"
             )
+        if self.direct:
+            return pixels
         lay = self.layout
         cx, cy, cw, ch = self.crop
         src = pixels[cy : cy + ch, cx : cx + cw]
@@ -260,23 +393,37 @@ class ImagePlan:
             self._resized[y : y + self._inner.shape[0], x : x + self._inner.shape[1]] = self._inner
         else:
             cv2.resize(src, (lay.width, lay.height), dst=self._resized, interpolation=self.interpolation)
-        img: npt.NDArray[np.uint8] = self._resized
+        return self._resized
+
+    def _fused(self, img: npt.NDArray[np.uint8], order: str, dst: npt.NDArray[Any]) -> None:
+        """The one pass from resized pixels (in `order`) into the tensor memory `dst`."""
+        lay = self.layout
+        if self.kernel == "affine":
+            np.copyto(dst, img, casting="unsafe")
+            cv2.transform(dst, self._affine_matrix(order), dst=dst)
+            return
         code = _color_code(order, self.transform.color)
         if code is not None:
             cv2.cvtColor(img, code, dst=self._converted)
             img = self._converted
-        dst = tensor[0] if tensor.ndim == 4 else tensor
-        if lay.nchw:
-            for c in range(lay.channels):
-                np.take(self.tables[:, c], img[:, :, c] if img.ndim == 3 else img, out=dst[c], mode="clip")
-        elif self.identity:
+        if lay.channels == 1 and img.ndim == 3:
+            img = img[:, :, 0] if img.shape[2] == 1 else img
+        if self.kernel == "copy":
             np.copyto(dst, img.reshape(dst.shape))
-        elif lay.channels == 1:
-            np.take(self.tables[:, 0], img.reshape(dst.shape), out=dst, mode="clip")
-        else:
+        elif self.kernel == "lut":
+            out = dst if lay.channels == 3 else dst.reshape(lay.height, lay.width)
+            cv2.LUT(img.reshape(out.shape), self._lut, dst=out)
+        else:  # planes (NCHW), or a dtype cv2.LUT does not write
             for c in range(lay.channels):
+                plane = img[:, :, c] if img.ndim == 3 else img
+                target = dst[c] if lay.nchw else dst[:, :, c]
                 # mode="clip" keeps np.take from buffering `out` (uint8 indices are in range)
-                np.take(self.tables[:, c], img[:, :, c], out=dst[:, :, c], mode="clip")
+                np.take(self.tables[:, c], plane, out=target, mode="clip")
+
+    def run(self, pixels: npt.NDArray[np.uint8], order: str, tensor: npt.NDArray[Any]) -> None:
+        """Write one frame (H×W×3 uint8 in `order`, or H×W gray) into the tensor view (batch of 1)."""
+        img = self.resize(pixels)
+        self._fused(img, order, tensor[0] if tensor.ndim == 4 else tensor)
 
 
 def _color_code(order: str, want: str) -> int | None:
@@ -287,6 +434,8 @@ def _color_code(order: str, want: str) -> int | None:
         ("rgb", "bgr"): cv2.COLOR_RGB2BGR,
         ("bgr", "gray"): cv2.COLOR_BGR2GRAY,
         ("rgb", "gray"): cv2.COLOR_RGB2GRAY,
+        ("gray", "rgb"): cv2.COLOR_GRAY2RGB,
+        ("gray", "bgr"): cv2.COLOR_GRAY2BGR,
     }
     code = codes.get((order, want))
     if code is None:
@@ -297,7 +446,7 @@ def _color_code(order: str, want: str) -> int | None:
 class VectorPlan:
     """Sensor rows: per-feature standardization, imputation, quantization into the tensor."""
 
-    def __init__(self, features: tuple[FeatureConfig, ...], info: TensorInfo) -> None:
+    def __init__(self, features: tuple[FeatureConfig, ...], info: TensorInfo, *, skip_missing: bool = False) -> None:
         self.info = info
         size = int(np.prod(info.shape)) if info.shape else 1
         if features and len(features) != size:
@@ -310,22 +459,38 @@ class VectorPlan:
         self.mean = np.array([f.mean for f in features] or [0.0] * size, dtype=np.float64)
         self.std = np.array([f.std for f in features] or [1.0] * size, dtype=np.float64)
         self._work = np.empty(size, dtype=np.float64)
+        self.skip_missing = skip_missing
+        self._bounds = [
+            (i, -math.inf if f.min is None else f.min, math.inf if f.max is None else f.max)
+            for i, f in enumerate(features)
+            if f.min is not None or f.max is not None
+        ]
 
     def describe(self) -> list[str]:
         lines = [
             f"vector of {self.size} → {self.info.dtype.name} {list(self.info.shape)}, quantization {self.info.describe_quantization()}"
         ]
-        lines += [f"  {f.name}: z = (x − {f.mean:g}) / {f.std:g}; missing → {f.impute}" for f in self.features]
+        lines += [
+            f"  {f.name}: z = (x − {f.mean:g}) / {f.std:g}; missing → {'skip the row' if self.skip_missing else f.impute}"
+            + (
+                f"; held in [{f.min if f.min is not None else '-inf'}, {f.max if f.max is not None else 'inf'}]"
+                if f.min is not None or f.max is not None
+                else ""
+            )
+            for f in self.features
+        ]
         if not self.features:
             lines.append("  no [[preprocess.features]]: values are fed as they come")
         return lines
 
     def impute(self, values: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], list[str]] | None:
-        """Fill missing values per feature; None when a feature says 'skip' the row."""
+        """Fill missing values per feature; None when the row is to be skipped."""
         work = self._work
         np.copyto(work, values)
         filled: list[str] = []
         missing = np.flatnonzero(np.isnan(work))
+        if missing.size and self.skip_missing:
+            return None
         for i in missing:
             f = self.features[i] if self.features else None
             how = f.impute if f else "skip"
@@ -335,53 +500,86 @@ class VectorPlan:
             filled.append(self.names[i] if self.names else str(i))
         return work, filled
 
-    def run(self, values: npt.NDArray[np.float64], tensor: npt.NDArray[Any]) -> list[str] | None:
-        """Write one row into the tensor; returns the imputed feature names, None if skipped."""
+    def clip(self, work: npt.NDArray[np.float64]) -> list[str]:
+        """Hold each feature inside its declared [min, max]; the names of those that were out."""
+        clipped: list[str] = []
+        for i, lo, hi in self._bounds:
+            v = work[i]
+            if v < lo or v > hi:
+                work[i] = lo if v < lo else hi
+                clipped.append(self.names[i])
+        return clipped
+
+    def run(self, values: npt.NDArray[np.float64], tensor: npt.NDArray[Any]) -> Prepared | None:
+        """Write one row into the tensor; None when the row is skipped."""
         if values.shape != (self.size,):
             raise PreprocessError(f"row has {values.size} values, the model takes {self.size}")
         imputed = self.impute(values)
         if imputed is None:
             return None
         work, filled = imputed
+        clipped = self.clip(work)
         np.subtract(work, self.mean, out=work)
         np.divide(work, self.std, out=work)
         tensor.reshape(-1)[:] = quantize_values(work, self.info)
-        return filled
+        return Prepared(tuple(filled), tuple(clipped))
 
 
 Plan = ImagePlan | VectorPlan
 
 
 class Preprocessor:
-    """Chooses and caches the plan for a model input; rebuilt only when the frame size changes."""
+    """Chooses and caches the plans for a model input: one per frame shape seen recently."""
 
-    def __init__(self, info: TensorInfo, transform: ImageTransform | None, features: tuple[FeatureConfig, ...]) -> None:
+    MAX_PLANS = 4
+
+    def __init__(
+        self,
+        info: TensorInfo,
+        transform: ImageTransform | None,
+        features: tuple[FeatureConfig, ...],
+        *,
+        skip_missing: bool = False,
+        kernel: KernelName | Literal["auto"] = "auto",
+    ) -> None:
         self.info = info
         self.transform = transform
         self.features = features
         self.vector = bool(features) or len(info.shape) <= 2
-        self._plan: Plan | None = VectorPlan(features, info) if self.vector else None
+        self._vector = VectorPlan(features, info, skip_missing=skip_missing) if self.vector else None
+        self._plans: dict[tuple[int, ...], ImagePlan] = {}
+        self._last: Plan | None = self._vector
+        # the kernel is measured once per model input, not once per frame size (a later plan
+        # measures again only when that choice cannot serve it, e.g. gray frames after color)
+        self._kernel: KernelName | Literal["auto"] = kernel
+        self._measured: KernelName | None = None
 
     @property
     def plan(self) -> Plan | None:
-        return self._plan
+        """The plan used last (the vector plan from the start)."""
+        return self._last
 
     def plan_for(self, frame: Frame) -> Plan:
-        if self.vector:
-            assert self._plan is not None
+        if self._vector is not None:
             if frame.values is None:
                 raise PreprocessError("the model takes a vector of sensor values, but the source delivers images")
-            return self._plan
+            return self._vector
         if frame.pixels is None:
             raise PreprocessError("the model takes images, but the source delivers sensor rows")
-        plan = self._plan
-        if not isinstance(plan, ImagePlan) or plan.frame_shape != frame.pixels.shape[:2]:
+        shape = tuple(frame.pixels.shape)
+        plan = self._plans.get(shape)
+        if plan is None:
             assert self.transform is not None
-            plan = self._plan = ImagePlan(self.transform, self.info, frame.pixels.shape)
+            plan = ImagePlan(self.transform, self.info, shape, kernel=self._kernel, prefer=self._measured)
+            self._measured = plan.kernel
+            if len(self._plans) >= self.MAX_PLANS:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[shape] = plan
+        self._last = plan
         return plan
 
-    def run(self, frame: Frame, tensor_fn: Callable[[], npt.NDArray[Any]]) -> list[str] | None:
-        """Prepare `frame` into the tensor; returns imputed feature names, None if skipped."""
+    def run(self, frame: Frame, tensor_fn: Callable[[], npt.NDArray[Any]]) -> Prepared | None:
+        """Prepare `frame` into the tensor; None when a sensor row is skipped."""
         plan = self.plan_for(frame)
         tensor = tensor_fn()
         try:
@@ -390,7 +588,10 @@ class Preprocessor:
                 return plan.run(frame.values, tensor)
             assert frame.pixels is not None
             plan.run(frame.pixels, frame.order, tensor)
-            return []
+            return NOTHING
         finally:
             # the view must not outlive this call: invoke() refuses to run while it exists
             del tensor
+
+
+NOTHING = Prepared()

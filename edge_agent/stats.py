@@ -34,6 +34,7 @@ class Stats:
         self.results = 0
         self.faults: dict[str, int] = {}
         self.dropped = 0
+        self.features: dict[str, dict[str, int]] = {}
         self._stages: dict[str, deque[float]] = {}
         self._window = window
         self._fps_mark = (time.monotonic(), 0)
@@ -41,6 +42,12 @@ class Stats:
     def record(self, latency_ms: dict[str, float]) -> None:
         for stage, ms in latency_ms.items():
             self._stages.setdefault(stage, deque(maxlen=self._window)).append(ms)
+
+    def count(self, what: str, names: tuple[str, ...]) -> None:
+        """Per-feature counters, e.g. count("imputed", ("bmi",))."""
+        table = self.features.setdefault(what, {})
+        for n in names:
+            table[n] = table.get(n, 0) + 1
 
     def fault(self, kind: str, n: int = 1) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + n
@@ -63,6 +70,7 @@ class Stats:
             "results": self.results,
             "dropped_frames": self.dropped,
             "faults": dict(self.faults),
+            **{what: dict(table) for what, table in self.features.items()},
             "stages": stages,
             "rss_mb": rss_mb(),
             "cpu_temp_c": cpu_temperature_c(),

@@ -7,7 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
 from conftest import BUNDLED, INTERPRETER
+
+from edge_agent.check import audit_prepared
+from edge_agent.config import parse_config
+from edge_agent.pipeline import Pipeline
+from edge_agent.sources.base import Frame
 
 FRAMES = BUNDLED / "digits_frames"
 IMAGENET = "scale = 0.00392156862745098\nmean = [0.485, 0.456, 0.406]\nstd = [0.229, 0.224, 0.225]\n"
@@ -97,3 +104,41 @@ def test_model_failing_inside_invoke(tmp_path: Path) -> None:
 def test_invalid_config_exits_2(tmp_path: Path) -> None:
     r = check(tmp_path, model_section("digits_float.tflite") + "[preprocess]\nstd = [0]\n")
     assert r.returncode == 2 and "preprocess.std: every value must be > 0" in r.stderr
+
+
+def test_sample_audit_against_the_reference(tmp_path: Path, coral: Path) -> None:
+    """`check --sample` prints per-channel statistics and compares the plan with the reference."""
+    r = check(
+        tmp_path,
+        f'[model]\npath = "{coral / "mobilenet_v2_1.0_224_quant.tflite"}"\ninterpreter = "{INTERPRETER}"\n',
+        coral / "cat.bmp",
+    )
+    assert r.returncode == 0, r.stdout
+    out = r.stdout
+    assert "top: Egyptian cat" in out
+    assert "table differs from the identity by up to 1 step(s) on 127 of 256 values" in out
+    assert "(from model metadata)" in out
+    assert out.count("(the transform maps pixels 0..255 to [-1, 0.9922])") == 3
+    assert "matches the reference transform" in out
+
+
+def test_audit_flags_a_plan_that_does_not_reproduce_the_transform(tmp_path: Path) -> None:
+
+    cfg = parse_config(
+        {
+            "model": {"path": str(BUNDLED / "digits_uint8.tflite"), "interpreter": INTERPRETER},
+            "preprocess": {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        }
+    )
+    pipeline = Pipeline.load(cfg)
+    pixels = cv2.imread(str(sorted(FRAMES.glob("*.png"))[0]))
+    frame = Frame(1, 0.0, 0.0, "f.png", pixels=pixels, order="bgr")
+    pipeline.process(frame)
+    lines, ok = audit_prepared(pipeline, frame)
+    assert ok, lines
+    plan = pipeline.pre.plan_for(frame)
+    plan._lut[...] = np.roll(plan._lut, 3, axis=1)  # a plan gone wrong: every pixel 3 levels off
+    pipeline.process(frame)
+    lines, ok = audit_prepared(pipeline, frame)
+    assert not ok
+    assert any("MISMATCH: the prepared input differs from the reference transform" in ln for ln in lines), lines

@@ -361,6 +361,10 @@ def test_sensor_regression_imputes_missing_values_like_training(
         assert math.isclose(got, expected[src], rel_tol=1e-4), f"{src}: published {got}, model gives {expected[src]}"
         assert set(r.get("imputed") or []) == blanks[src], f"{src}: imputed {r.get('imputed')}, blanked {blanks[src]}"
         assert r["model"] == {"name": "sensor.tflite", "sha256": sha256_of(bundled / "sensor.tflite")}
+    # imputations are counted per feature in the stats (the last stats are published at the stop)
+    per_feature = {n: sum(n in b for b in blanks.values()) for n in SENSOR_FEATURES}
+    last_stats = list(col.on("stats"))[-1]
+    assert last_stats["imputed"] == {n: c for n, c in per_feature.items() if c}
 
 
 # ---- 5. a model missing at start, then put in place -----------------------------------------

@@ -8,6 +8,7 @@ same way. Only an invalid config (found before this class is built) exits 2.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -16,14 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+
 from edge_agent import __version__
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ModelError, SourceError
+from edge_agent.escalation import Escalation
 from edge_agent.events import Event, EventMerger, Severity
 from edge_agent.mqtt.link import MqttLink
 from edge_agent.mqtt.topics import Topics
 from edge_agent.pipeline import Fault, Inference, Pipeline, Skipped
 from edge_agent.runtime.backends import select_backend
+from edge_agent.runtime.loader import load_model
 from edge_agent.sources import FrameSource, SourceProblem, open_source
 from edge_agent.sources.base import Frame
 from edge_agent.stats import Stats
@@ -31,6 +37,8 @@ from edge_agent.stats import Stats
 log = logging.getLogger(__name__)
 
 SOURCE_RETRY_S = 5.0
+# EX_TEMPFAIL: the guard asks for a restart; systemd's Restart=on-failure performs it
+EXIT_RESTART = 75
 IDLE_SLEEP_S = 0.2
 
 
@@ -67,8 +75,12 @@ class Agent:
         self._next_source_try = 0.0
         self._next_stats = 0.0
         self._last_frame_at = 0.0
-        self._invoke_failures = 0
         self._source_done = False
+        self.exit_code = 0
+        g = cfg.guard
+        self.escalation = Escalation(
+            degrade_after=g.degrade_after, act_after=g.act_after, recover_after=g.recover_after
+        )
         self.interpreter_name = "none"
         self.link = MqttLink(cfg.mqtt, self.topics, status_payload=self._status_payload, initial_state=self.state)
 
@@ -135,7 +147,6 @@ class Agent:
                 outcome.fault.kind, "error", f"self-test inference: {outcome.fault.message}", outcome.fault.detail
             )
         self.pipeline = pipeline
-        self._invoke_failures = 0
         log.info(
             "model %s loaded (%s, sha256 %s, interpreter %s %s, %d threads)",
             pipeline.model.name,
@@ -190,7 +201,7 @@ class Agent:
                 self._step()
         finally:
             self._shutdown()
-        return 0
+        return self.exit_code
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -242,23 +253,93 @@ class Agent:
         try:
             outcome = self.pipeline.process(frame)
         except ModelError as err:
-            self._invoke_failures += 1
-            self.raise_event("model_error", "error", str(err), {"source": frame.source, "reason": err.reason})
-            if self._invoke_failures >= 3 and self.state != "degraded":
-                self._set_state("degraded")
+            self.raise_event(
+                "model_error", "error", str(err), {"source": frame.source, "reason": err.reason, **self._model_detail()}
+            )
+            self._escalate(self.escalation.fault())
             return
-        if self._invoke_failures and self.state == "degraded":
-            self._set_state("online")
-        self._invoke_failures = 0
         if isinstance(outcome, Skipped):
             self.raise_event(outcome.kind, "warning", outcome.message, outcome.detail)
             return
         if isinstance(outcome, Fault):
             self.stats.record(outcome.latency_ms)
-            detail = {**outcome.fault.detail, "frame": {"seq": frame.seq, "source": frame.source}}
-            self.raise_event(outcome.fault.kind, "error", f"{frame.source}: {outcome.fault.message}", detail)
+            f = outcome.fault
+            self.raise_event(f.kind, f.severity, f"{frame.source}: {f.message}", self._evidence(frame, f.detail))
+            self._escalate(self.escalation.fault())
             return
+        for w in outcome.warnings:
+            self.raise_event(w.kind, w.severity, f"{frame.source}: {w.message}", self._evidence(frame, w.detail))
         self._publish_result(frame, outcome)
+        self._escalate(self.escalation.good())
+
+    def _model_detail(self) -> dict[str, Any]:
+        p = self.pipeline
+        if p is None:
+            return {}
+        return {"model": {"name": p.model.name, "sha256": p.model.file.sha256, "delegate": p.model.delegate}}
+
+    def _evidence(self, frame: Frame, detail: dict[str, Any]) -> dict[str, Any]:
+        """A fault's detail plus the frame it came from, as received (before preprocessing)."""
+        ev: dict[str, Any] = {**detail, "frame": {"seq": frame.seq, "source": frame.source}, **self._model_detail()}
+        if frame.pixels is not None:
+            lo, hi, _, _ = cv2.minMaxLoc(frame.pixels.reshape(frame.pixels.shape[0], -1))
+            ev["frame"]["pixels"] = {"min": lo, "max": hi, "mean": round(float(np.mean(cv2.mean(frame.pixels)[:3])), 3)}
+        elif frame.values is not None:
+            ev["frame"]["values"] = [None if not math.isfinite(v) else v for v in frame.values.tolist()]
+        return ev
+
+    def _escalate(self, step: str | None) -> None:
+        if step == "degrade":
+            self._set_state("degraded")
+        elif step == "recover" and self.source is not None:
+            self._set_state("online")
+        elif step == "act":
+            self._set_state("degraded")
+            self._persistent_fault_action()
+
+    def _persistent_fault_action(self) -> None:
+        action = self.cfg.guard.on_persistent_fault
+        n = self.escalation.faults
+        if action == "none" or self.pipeline is None:
+            return
+        if action == "restart":
+            self.raise_event(
+                "restart_requested",
+                "critical",
+                f"{n} consecutive faulty frames: stopping with exit code {EXIT_RESTART} so that the "
+                "service manager restarts the agent",
+            )
+            self.exit_code = EXIT_RESTART
+            self.stop()
+            return
+        if action == "fallback" and not self.cfg.model.fallback_path:
+            self.raise_event(
+                "model_error",
+                "error",
+                f"{n} consecutive faulty frames, and guard.on_persistent_fault = "
+                '"fallback" but model.fallback_path is not set: reloading the model instead',
+            )
+            action = "reload"
+        model_cfg = self.cfg.model
+        if action == "fallback":
+            assert model_cfg.fallback_path is not None
+            model_cfg = model_cfg.model_copy(
+                update={"path": model_cfg.fallback_path, "delegate": "cpu", "sha256": None}
+            )
+        try:
+            pipeline = Pipeline(self.cfg, load_model(model_cfg))
+        except ModelError as err:
+            self.raise_event("model_error", "error", f"{action} after {n} consecutive faulty frames failed: {err}")
+            return
+        old = self.pipeline.model.name
+        self.pipeline = pipeline
+        kind = "model_fallback" if action == "fallback" else "model_reloaded"
+        self.raise_event(
+            kind,
+            "warning",
+            f"{n} consecutive faulty frames: {'switched from ' + old + ' to the fallback model ' + pipeline.model.name if action == 'fallback' else 'reloaded ' + old + ' in a fresh interpreter'}",
+            self._model_detail(),
+        )
 
     def _publish_result(self, frame: Frame, inf: Inference) -> None:
         assert self.pipeline is not None

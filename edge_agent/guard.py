@@ -1,14 +1,17 @@
-"""The output check: no result is ever published from an output holding NaN or Inf.
+"""The output checks: no result is ever published from an output holding NaN or Inf.
 
-Runs on every output tensor of every frame, before postprocessing. `np.isfinite` over a
-few thousand values costs microseconds; the diagnosis (which reads the prepared input
-back) runs only when a check fails.
+Run on every output tensor of every frame, before postprocessing. The common all-finite
+case costs one float64 sum per output (NaN and ±Inf propagate through a sum, and a float64
+accumulator cannot overflow on float32 values), with no allocation; counting, and the
+diagnosis (which reads the prepared input back), run only when a check fails.
+Finite-but-wrong outputs are caught too: integer outputs pinned at their maximum
+("every label fires") and outputs that stay identical while the input changes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -35,10 +38,29 @@ class InputStats:
 
 
 @dataclass(frozen=True)
-class OutputFault:
-    kind: str  # "nan_output" or "inf_output"
+class GuardFault:
+    """A check that failed: the event to raise, and whether the frame's result is withheld."""
+
+    kind: str  # nan_output, inf_output, output_saturated, output_stuck, input_nan, input_out_of_range, ...
     message: str
     detail: dict[str, Any] = field(default_factory=dict)
+    blocking: bool = True
+    severity: Literal["info", "warning", "error", "critical"] = "error"
+
+
+OutputFault = GuardFault  # the name the first version used
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the diagnosis knows beyond the input's statistics."""
+
+    expected_range: tuple[float, float] | None = None  # the prepared input's range in training
+    range_origin: str = ""
+    nonfinite_features: tuple[str, ...] = ()
+    quantization_note: str | None = None  # set when the input's quantization clips the transform
+    delegate: str = "cpu"
+    cpu_recheck: str | None = None  # "finite" | "nonfinite" | None (not possible)
 
 
 def count_nonfinite(x: npt.NDArray[np.float32]) -> tuple[int, int, int]:
@@ -51,13 +73,32 @@ def count_nonfinite(x: npt.NDArray[np.float32]) -> tuple[int, int, int]:
     return nan, pos, neg
 
 
-def diagnose(stats: InputStats | None, input_info: TensorInfo | None) -> str:
-    """The most likely cause, in words an operator can act on."""
+def diagnose(stats: InputStats | None, input_info: TensorInfo | None, ctx: Context | None = None) -> str:
+    """The most likely cause of non-finite outputs, in words an operator can act on."""
+    ctx = ctx or Context()
     if stats is None or input_info is None:
         return "the model produced non-finite values on this input"
     rng = f"input min {stats.minimum:.4g}, max {stats.maximum:.4g}, mean {stats.mean:.4g}"
+    if ctx.nonfinite_features:
+        names = ", ".join(ctx.nonfinite_features)
+        return f"feature {names} missing (NaN/Inf) and not imputed: set [[preprocess.features]] impute for it"
     if stats.nonfinite:
         return f"{rng}, and {stats.nonfinite} input values are NaN/Inf themselves: a missing or broken sensor value reached the model"
+    if ctx.cpu_recheck == "finite":
+        return (
+            f"{rng}: the same input gives finite outputs on the CPU, so the {ctx.delegate} delegate is at fault "
+            '(set model.on_delegate_error = "fallback" or check the accelerator)'
+        )
+    if ctx.quantization_note:
+        return f"{rng}: {ctx.quantization_note}"
+    if ctx.expected_range is not None:
+        lo, hi = ctx.expected_range
+        slack = (hi - lo) * 0.25
+        if stats.minimum < lo - slack or stats.maximum > hi + slack:
+            return (
+                f"input not normalized (mean {stats.mean:.4g}, max {stats.maximum:.4g}; the model expects about "
+                f"[{lo:g}, {hi:g}]{' per ' + ctx.range_origin if ctx.range_origin else ''}): check [preprocess] scale, mean and std"
+            )
     if not input_info.is_integer and stats.maximum > 20.0 and stats.minimum >= 0.0:
         return (
             f"{rng}: the input looks like raw 0-255 pixels fed to a float model; if it was trained on [0, 1] "
@@ -67,7 +108,12 @@ def diagnose(stats: InputStats | None, input_info: TensorInfo | None) -> str:
         return (
             f"{rng}: the input is far outside any usual training range; check [preprocess] (scale, mean, std, features)"
         )
-    return f"{rng}: the input looks plausible, so the model itself (or its delegate) produced the non-finite values"
+    if ctx.delegate != "cpu" and ctx.cpu_recheck is None:
+        return f"{rng}: the input looks plausible, so the model itself or its {ctx.delegate} delegate produced the non-finite values"
+    return (
+        f"{rng}: the input looks plausible (within its range), so the model is numerically unstable for this input "
+        "(an op such as log, sqrt or a division in the graph meets a value it cannot take)"
+    )
 
 
 def check_outputs(
@@ -76,6 +122,7 @@ def check_outputs(
     input_stats: InputStats | None = None,
     input_info: TensorInfo | None = None,
     lazy_input: Any = None,
+    context: Any = None,
 ) -> OutputFault | None:
     """The first fault found over all outputs, or None when every value is finite.
 
@@ -91,7 +138,8 @@ def check_outputs(
         kind = "nan_output" if nan else "inf_output"
         what = ", ".join(f"{n} {label}" for n, label in ((nan, "NaN"), (pos, "+Inf"), (neg, "-Inf")) if n)
         bad = nan + pos + neg
-        cause = diagnose(input_stats, input_info)
+        ctx = context() if callable(context) else context
+        cause = diagnose(input_stats, input_info, ctx)
         message = (
             f"output {info.name or info.index!r} has {what} of {total} values ({bad / total:.0%}); "
             f"the result was not published. {cause}"
@@ -118,3 +166,71 @@ def check_outputs(
 def _num(x: float) -> float | None:
     # JSON has no NaN: report it as null
     return round(x, 6) if np.isfinite(x) else None
+
+
+def all_finite(x: npt.NDArray[Any]) -> bool:
+    """True when x holds no NaN/Inf, without allocating: NaN and ±Inf propagate through a
+    float64 sum, which cannot overflow on float32/float16 values."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return True
+    return bool(np.isfinite(np.add.reduce(x, axis=None, dtype=np.float64)))
+
+
+class OutputGuard:
+    """The per-frame output checks of one model, with their preallocated buffers."""
+
+    def __init__(self, outputs: tuple[TensorInfo, ...], *, pinned_fraction: float, stuck_after: int) -> None:
+        self.outputs = outputs
+        self.pinned_fraction = pinned_fraction
+        self.stuck_after = stuck_after
+        self._eq = [np.empty(o.shape, dtype=bool) for o in outputs]
+        self._prev = [np.empty(o.shape, dtype=np.float32) for o in outputs]
+        self._have_prev = False
+        self.same_outputs = 0  # consecutive checked frames whose outputs did not change
+
+    def saturated(self, raws: list[npt.NDArray[Any]]) -> GuardFault | None:
+        """Integer outputs pinned at their dtype's maximum ("every label fires")."""
+        for info, raw, eq in zip(self.outputs, raws, self._eq, strict=True):
+            if not info.is_integer or raw.size < 2 or eq.shape != raw.shape:
+                continue
+            top = np.iinfo(info.dtype).max
+            np.equal(raw, top, out=eq)
+            pinned = int(np.count_nonzero(eq))
+            if pinned >= 2 and pinned >= self.pinned_fraction * raw.size:
+                return GuardFault(
+                    "output_saturated",
+                    f"output {info.name or info.index!r} has {pinned} of {raw.size} values pinned at {top}, the most "
+                    "its quantization can say: every label fires at once. The input is probably far outside what the "
+                    "model was trained on (check [preprocess]), or the model's output quantization is broken; "
+                    "the result was not published",
+                    {"tensor": info.name, "pinned": pinned, "total": int(raw.size), "value": int(top)},
+                )
+        return None
+
+    def stuck(self, outs: list[npt.NDArray[np.float32]], *, input_changed: bool) -> GuardFault | None:
+        """Called on checked frames: outputs identical over `stuck_after` frames whose input changed."""
+        if self.stuck_after <= 0:
+            return None
+        same = self._have_prev
+        for out, prev, eq in zip(outs, self._prev, self._eq, strict=True):
+            if same and prev.shape == out.shape:
+                np.not_equal(out, prev, out=eq)
+                same = not eq.any()
+            np.copyto(prev, out) if prev.shape == out.shape else None
+        self._have_prev = True
+        if not input_changed:
+            return None  # the same input may give the same output: that proves nothing
+        self.same_outputs = self.same_outputs + 1 if same else 0
+        if self.same_outputs >= self.stuck_after:
+            n = self.same_outputs
+            self.same_outputs = 0
+            return GuardFault(
+                "output_stuck",
+                f"the outputs stayed identical over {n} checked frames while the input changed: the model always "
+                "gives the same answer. Most likely the prepared input is constant (a transform that saturates every "
+                "pixel: check [preprocess] scale, mean and std) or the model or its delegate is stuck",
+                {"frames": n},
+                blocking=False,
+                severity="warning",
+            )
+        return None

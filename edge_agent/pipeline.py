@@ -17,13 +17,16 @@ import numpy.typing as npt
 
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ModelError, PreprocessError
-from edge_agent.guard import InputStats, OutputFault, check_outputs
+from edge_agent.guard import Context, GuardFault, InputStats, OutputFault, OutputGuard, all_finite, check_outputs
+from edge_agent.input_guard import InputGuard
 from edge_agent.postprocess.classification import Classifier
 from edge_agent.postprocess.labels import load_labels
 from edge_agent.postprocess.regression import Regressor
 from edge_agent.preprocess import (
+    ImagePlan,
     ImageTransform,
     Preprocessor,
+    VectorPlan,
     compare_transforms,
     transform_from_config,
     transform_from_metadata,
@@ -41,6 +44,7 @@ class Inference:
     latency_ms: dict[str, float]
     imputed: tuple[str, ...] = ()
     clipped: tuple[str, ...] = ()
+    warnings: tuple[GuardFault, ...] = ()  # checks that failed without withholding the result
 
 
 @dataclass(frozen=True)
@@ -86,9 +90,16 @@ class Pipeline:
         self.pre = Preprocessor(info, transform, features, skip_missing=cfg.guard.on_input_nan == "skip")
         self._tensor_fn = model.input_view(0)
         self.decoder: Callable[[list[npt.NDArray[np.float32]]], dict[str, Any]]
+        self.classifier: Classifier | None = None
+        self._cpu_model: LoadedModel | None = None
+        self.output_guard = OutputGuard(
+            model.outputs, pinned_fraction=cfg.guard.pinned_fraction, stuck_after=cfg.guard.stuck_after
+        )
+        expected, origin = self._expected_range()
+        self.input_guard = InputGuard(cfg.guard, expected_range=expected, range_origin=origin)
         if self.task == "classification":
-            clf = Classifier(cfg.postprocess, self._labels())
-            self.decoder = lambda outs: clf.decode(outs[0])
+            self.classifier = Classifier(cfg.postprocess, self._labels())
+            self.decoder = lambda outs: self.classifier.decode(outs[0]) if self.classifier else {}
         else:
             reg = Regressor(cfg.postprocess, tuple(o.name for o in model.outputs))
             total = sum(int(np.prod(o.shape)) for o in model.outputs)
@@ -144,40 +155,152 @@ class Pipeline:
             return (raw.astype(np.float64) - info.zero_point) * info.scale  # type: ignore[no-any-return]
         return raw  # type: ignore[no-any-return]
 
-    def process(self, frame: Frame) -> Outcome:
+    def _expected_range(self) -> tuple[tuple[float, float] | None, str]:
+        """The prepared input's range in training, when something other than our own transform says it."""
+        if self.cfg.guard.expected_input_range is not None:
+            return self.cfg.guard.expected_input_range, "[guard] expected_input_range"
+        meta = transform_from_metadata(self.model.file.info)
+        if meta is not None and self.cfg.preprocess is not None and not self.pre.vector:
+            mean, std = meta.per_channel(3)
+            ends = [(px * meta.scale - m) / s for px in (0.0, 255.0) for m, s in zip(mean, std, strict=True)]
+            return (min(ends), max(ends)), "the model's metadata"
+        return None, ""
+
+    def _context(self) -> Context:
+        """What the diagnosis of a non-finite output needs; built only when one happens."""
+        plan = self.pre.plan
+        note = None
+        info = self.model.inputs[0]
+        if isinstance(plan, ImagePlan) and plan.clipped_values > 12 and info.is_integer:
+            lo, hi = plan.prepared_range
+            note = (
+                f"the input tensor's quantization (scale {info.scale:g}, zero point {info.zero_point}) clips "
+                f"{plan.clipped_values} of 256 pixel values of the transform's range [{lo:.4g}, {hi:.4g}]: "
+                "the input is quantized with the wrong scale or zero point, or not normalized"
+            )
+        return Context(
+            expected_range=self.input_guard.expected_range,
+            range_origin=self.input_guard.range_origin,
+            quantization_note=note,
+            delegate=self.model.delegate,
+            cpu_recheck=self._cpu_recheck(),
+        )
+
+    def _cpu_recheck(self) -> str | None:
+        """Re-run the failing input on a CPU interpreter when the model ran on a delegate."""
+        if self.model.delegate == "cpu":
+            return None
+        try:
+            if self._cpu_model is None:
+                path = self.cfg.model.fallback_path or self.cfg.model.path
+                cpu_cfg = self.cfg.model.model_copy(update={"path": path, "delegate": "cpu", "sha256": None})
+                self._cpu_model = load_model(cpu_cfg, backend=self.model.backend)
+            cpu = self._cpu_model
+            if cpu.inputs[0].shape != self.model.inputs[0].shape or cpu.inputs[0].dtype != self.model.inputs[0].dtype:
+                return None
+            cpu.set_input(0, self.model.interpreter.get_tensor(self.model.inputs[0].index))
+            cpu.invoke()
+            _, outs = cpu.fetch_outputs()
+        except ModelError:
+            return None
+        return "finite" if all(all_finite(o) for o in outs) else "nonfinite"
+
+    def _latency(self, marks: list[float]) -> dict[str, float]:
+        names = ("preprocess", "invoke", "guard", "postprocess")
+        lat = {n: _ms(a, b) for n, a, b in zip(names, marks, marks[1:], strict=False)}
+        lat["total"] = _ms(marks[0], marks[-1])
+        return lat
+
+    def process(self, frame: Frame, *, stateful: bool = True) -> Outcome:
+        """One frame through preprocess → input checks → invoke → output checks → decode.
+
+        `stateful=False` (the self-test) leaves the frozen/stuck/sampling state untouched."""
+        guard, ig = self.cfg.guard, self.input_guard
+        warnings: list[GuardFault] = []
         t0 = time.monotonic()
+        if stateful:
+            frozen = ig.observe(frame)
+            if frozen is not None:
+                warnings.append(frozen)
         try:
             prepared = self.pre.run(frame, self._tensor_fn)
         except PreprocessError as err:
             return Skipped("source_error", f"{frame.source}: {err}", {"source": frame.source})
         if prepared is None:
-            return Skipped(
-                "input_nan",
-                f"{frame.source}: missing value in a feature configured impute = 'skip'; row skipped",
-                {"source": frame.source},
-            )
+            return self._skipped_row(frame)
+        plan = self.pre.plan
+        checked = stateful and (self.pre.vector or ig.due())
+        if checked and guard.check_inputs:
+            fault = ig.check_vector(plan) if isinstance(plan, VectorPlan) else ig.check_image(plan)  # type: ignore[arg-type]
+            if fault is not None:
+                if fault.blocking:
+                    return Fault(fault, self._latency([t0, time.monotonic()]))
+                warnings.append(fault)
         t1 = time.monotonic()
         self.model.invoke()  # ModelError propagates: the agent decides what a failing model means
         t2 = time.monotonic()
-        outs = [self.model.output(i) for i in range(len(self.model.outputs))]
-        fault = check_outputs(
-            list(zip(self.model.outputs, outs, strict=True)),
-            input_info=self.model.inputs[0],
-            lazy_input=self._prepared_input,
-        )
+        ig.note_invoke((t2 - t1) * 1000.0)
+        raws, outs = self.model.fetch_outputs()
+        if guard.check_outputs:
+            fault = self._check_outputs(raws, outs, checked=checked, input_changed=ig.input_changed)
+            if fault is not None:
+                if fault.blocking:
+                    return Fault(fault, self._latency([t0, t1, t2, time.monotonic()]))
+                warnings.append(fault)
         t3 = time.monotonic()
-        if fault is not None:
-            return Fault(fault, {"preprocess": _ms(t0, t1), "invoke": _ms(t1, t2), "guard": _ms(t2, t3)})
-        fields = self.decoder(outs)
+        if self.classifier is not None:
+            probs = self.classifier.activate(outs[0])
+            lo, hi = float(probs.min()), float(probs.max())
+            if guard.check_outputs and (lo < -1e-6 or hi > 1.0 + 1e-6):
+                return Fault(self._scores_fault(lo, hi), self._latency([t0, t1, t2, t3, time.monotonic()]))
+            fields = self.classifier.decode_probs(probs)
+        else:
+            fields = self.decoder(outs)
         t4 = time.monotonic()
-        latency = {
-            "preprocess": _ms(t0, t1),
-            "invoke": _ms(t1, t2),
-            "guard": _ms(t2, t3),
-            "postprocess": _ms(t3, t4),
-            "total": _ms(t0, t4),
-        }
-        return Inference(fields, latency, prepared.imputed, prepared.clipped)
+        return Inference(
+            fields, self._latency([t0, t1, t2, t3, t4]), prepared.imputed, prepared.clipped, tuple(warnings)
+        )
+
+    def _check_outputs(
+        self, raws: list[npt.NDArray[Any]], outs: list[npt.NDArray[np.float32]], *, checked: bool, input_changed: bool
+    ) -> GuardFault | None:
+        if not all(all_finite(o) for o in outs):
+            return check_outputs(
+                list(zip(self.model.outputs, outs, strict=True)),
+                input_info=self.model.inputs[0],
+                lazy_input=self._prepared_input,
+                context=self._context,
+            )
+        fault = self.output_guard.saturated(raws)
+        if fault is None and checked:
+            fault = self.output_guard.stuck(outs, input_changed=input_changed)
+        return fault
+
+    def _scores_fault(self, lo: float, hi: float) -> GuardFault:
+        act = self.cfg.postprocess.activation
+        hint = (
+            'the model outputs logits: set [postprocess] activation = "softmax" (one class) or "sigmoid" (several)'
+            if act == "none"
+            else f"activation {act!r} cannot give such scores: the output is not what the classifier expects"
+        )
+        return GuardFault(
+            "output_out_of_range",
+            f"classification scores span [{lo:.4g}, {hi:.4g}] after activation {act!r}, outside [0, 1]: {hint}; "
+            "the result was not published",
+            {"min": round(lo, 6), "max": round(hi, 6), "activation": act},
+        )
+
+    def _skipped_row(self, frame: Frame) -> Skipped:
+        values = frame.values if frame.values is not None else np.empty(0)
+        names = self.pre.features
+        missing = [names[i].name if names else str(i) for i in np.flatnonzero(~np.isfinite(values))]
+        why = '[guard] on_input_nan = "skip"' if self.cfg.guard.on_input_nan == "skip" else 'its impute = "skip"'
+        return Skipped(
+            "input_nan",
+            f"{frame.source}: feature {', '.join(missing) or '?'} missing; the row was skipped ({why}); "
+            "set an impute value to keep such rows",
+            {"source": frame.source, "features": missing},
+        )
 
     def selftest(self) -> Outcome:
         """One inference on a mid-gray frame (or the features' means): the model must answer finitely."""
@@ -190,7 +313,7 @@ class Pipeline:
         else:
             h, w = (info.shape[1], info.shape[2]) if info.shape[-1] in (1, 3) else (info.shape[2], info.shape[3])
             frame = Frame(0, now, time.monotonic(), "selftest", pixels=np.full((h, w, 3), 128, np.uint8), order="bgr")
-        return self.process(frame)
+        return self.process(frame, stateful=False)
 
 
 def input_stats_of(model: LoadedModel) -> InputStats:

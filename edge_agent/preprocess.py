@@ -149,6 +149,19 @@ def build_tables(t: ImageTransform, info: TensorInfo, channels: int) -> npt.NDAr
     return quantize_values(prepared, info, channel_axis_len=channels)
 
 
+def _clipping(t: ImageTransform, info: TensorInfo, channels: int) -> tuple[tuple[float, float], int]:
+    mean, std = t.per_channel(channels)
+    px = np.arange(256, dtype=np.float64)[:, None]
+    prepared = (px * t.scale - np.asarray(mean)[None, :]) / np.asarray(std)[None, :]
+    lo, hi = float(prepared.min()), float(prepared.max())
+    if not (info.is_integer and info.quantized):
+        return (lo, hi), 0
+    lim = np.iinfo(info.dtype)
+    q = _round_half_away(prepared / info.scale) + info.zero_point
+    clipped = (q < lim.min) | (q > lim.max)
+    return (lo, hi), int(clipped.sum(axis=0).max())
+
+
 def table_identity_steps(tables: npt.NDArray[Any]) -> int:
     """How many (value, channel) entries differ from a plain copy of the pixel."""
     ident = np.arange(256, dtype=np.float64)[:, None]
@@ -238,6 +251,11 @@ class ImagePlan:
         self.interpolation = INTERPOLATION[transform.interpolation]
         self.tables = build_tables(transform, info, lay.channels)
         self.identity_steps = table_identity_steps(self.tables)
+        self.last_image: npt.NDArray[np.uint8] | None = None
+        self.last_order = "bgr"
+        # how the input's quantization bounds the transform: pixel values whose prepared value
+        # the integer tensor cannot hold (clipped to its dtype's limits), per channel at most
+        self.prepared_range, self.clipped_values = _clipping(transform, info, lay.channels)
         self.crop: tuple[int, int, int, int] = (0, 0, fw, fh)
         self.geometry = self._geometry(fh, fw)
         fc = () if self.frame_channels == 1 else (3,)
@@ -423,6 +441,8 @@ class ImagePlan:
     def run(self, pixels: npt.NDArray[np.uint8], order: str, tensor: npt.NDArray[Any]) -> None:
         """Write one frame (H×W×3 uint8 in `order`, or H×W gray) into the tensor view (batch of 1)."""
         img = self.resize(pixels)
+        self.last_image = img  # for the input guard's statistics (no copy: the resize buffer or the frame)
+        self.last_order = order
         self._fused(img, order, tensor[0] if tensor.ndim == 4 else tensor)
 
 
@@ -459,6 +479,7 @@ class VectorPlan:
         self.mean = np.array([f.mean for f in features] or [0.0] * size, dtype=np.float64)
         self.std = np.array([f.std for f in features] or [1.0] * size, dtype=np.float64)
         self._work = np.empty(size, dtype=np.float64)
+        self.last_z: npt.NDArray[np.float64] | None = None
         self.skip_missing = skip_missing
         self._bounds = [
             (i, -math.inf if f.min is None else f.min, math.inf if f.max is None else f.max)
@@ -520,7 +541,8 @@ class VectorPlan:
         work, filled = imputed
         clipped = self.clip(work)
         np.subtract(work, self.mean, out=work)
-        np.divide(work, self.std, out=work)
+        np.divide(work, self.std, out=work)  # `work` now holds the z-scores the input guard reads
+        self.last_z = work
         tensor.reshape(-1)[:] = quantize_values(work, self.info)
         return Prepared(tuple(filled), tuple(clipped))
 

@@ -16,7 +16,7 @@ class Classifier:
     cfg: PostprocessConfig
     labels: dict[int, str]
 
-    def _activate(self, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    def activate(self, scores: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         x = scores.astype(np.float64).ravel()
         if self.cfg.activation == "softmax":
             e = np.exp(x - x.max())
@@ -28,7 +28,9 @@ class Classifier:
         return x
 
     def decode(self, scores: npt.NDArray[np.float32]) -> dict[str, Any]:
-        probs = self._activate(scores)
+        return self.decode_probs(self.activate(scores))
+
+    def decode_probs(self, probs: npt.NDArray[np.float64]) -> dict[str, Any]:
         order = np.argsort(-probs, kind="stable")
         include, exclude = set(self.cfg.include_labels), set(self.cfg.exclude_labels)
         top: list[dict[str, Any]] = []

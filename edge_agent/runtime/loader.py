@@ -120,6 +120,7 @@ class LoadedModel:
     threads: int
     notes: tuple[str, ...] = ()
     _out_buffers: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    _raw_buffers: list[npt.NDArray[Any]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -153,13 +154,25 @@ class LoadedModel:
 
     def output(self, i: int = 0) -> npt.NDArray[np.float32]:
         """Output i in real units (dequantized), in a buffer reused across frames."""
-        raw = self.raw_output(i)
+        return self.fetch_outputs()[1][i]
+
+    def fetch_outputs(self) -> tuple[list[npt.NDArray[Any]], list[npt.NDArray[np.float32]]]:
+        """Every output as the model produced it and in real units, in buffers reused across
+        frames: read through short-lived views of the interpreter's memory, so no per-frame copy
+        is allocated (get_tensor() would allocate one per output per frame)."""
         if not self._out_buffers:
+            self._raw_buffers = [np.empty(o.shape, dtype=o.dtype) for o in self.outputs]
             self._out_buffers = [np.empty(o.shape, dtype=np.float32) for o in self.outputs]
-        buf = self._out_buffers[i]
-        if buf.shape != raw.shape:
-            buf = self._out_buffers[i] = np.empty(raw.shape, dtype=np.float32)
-        return dequantize(self.outputs[i], raw, out=buf)
+        for i, info in enumerate(self.outputs):
+            view = self.interpreter.tensor(info.index)()
+            raw = self._raw_buffers[i]
+            if raw.shape != view.shape:  # a model with dynamic output shapes
+                raw = self._raw_buffers[i] = np.empty(view.shape, dtype=view.dtype)
+                self._out_buffers[i] = np.empty(view.shape, dtype=np.float32)
+            np.copyto(raw, view)
+            del view  # invoke() refuses to run while a view is alive
+            dequantize(info, raw, out=self._out_buffers[i])
+        return self._raw_buffers, self._out_buffers
 
 
 def _default_threads() -> int:

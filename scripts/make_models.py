@@ -20,6 +20,8 @@ Writes, deterministically (fixed seeds, op determinism):
   age, bmi, bp, s5 (standardised inputs).
 * ``nan_prone.tflite``: digits on pixel/255 inputs whose graph overflows (exp) on raw pixels.
 * ``invoke_error.tflite``: allocates fine, ``invoke()`` always fails (gather out of bounds).
+* ``unstable.tflite``: like sensor (same features, split and standardisation) with an
+  engineered ``sqrt(1 + z_bmi)`` input: NaN for z_bmi < -1 (about 1 row in 5, in range).
 * ``manifest.json``: files, hashes, tensors, transforms, and numbers measured through
   ai-edge-litert by ``scripts/verify_models.py``.
 """
@@ -228,6 +230,63 @@ def build_sensor():
     return buf, features, x[te], y[te], {"mean": ym, "std": ys}
 
 
+def build_unstable():
+    """sensor's task, features, split and standardisation, plus an engineered feature
+    f = sqrt(1 + z_bmi) that feeds the first hidden layer and (linearly) the output layer.
+
+    Trained with the safe f = sqrt(max(1 + z_bmi, 0)), so training never sees a NaN; the
+    exported graph shares the trained layers but computes the unsafe sqrt(1 + z_bmi): equal
+    to the trained model for z_bmi >= -1, NaN for z_bmi < -1 (bmi below ~22.2, about 16 % of
+    the training rows). The NaN reaches the output through the linear output layer, so no
+    activation clamp can hide it."""
+    import numpy as np
+    import tensorflow as tf
+    from sklearn.datasets import load_diabetes
+    from tensorflow import keras
+
+    d = load_diabetes(scaled=False)
+    cols = [list(d.feature_names).index(f) for f in SENSOR_FEATURES]
+    x = d.data[:, cols].astype(np.float64)
+    y = d.target.astype(np.float64)
+    tr, _ = split(len(y))
+    mean = x[tr].mean(axis=0)
+    std = x[tr].std(axis=0)  # population std (ddof=0), as for sensor
+    ym, ys = float(y[tr].mean()), float(y[tr].std())
+    bmi = SENSOR_FEATURES.index("bmi")
+
+    seed_everything()
+    inp = keras.Input((4,), name="features")
+    hidden1 = keras.layers.Dense(16, activation="relu")
+    hidden2 = keras.layers.Dense(8, activation="relu")
+    head = keras.layers.Dense(1)
+    rescale = keras.layers.Rescaling(ys, offset=ym, name="progression")
+
+    def net(f):
+        h = hidden2(hidden1(keras.layers.Concatenate()([inp, f])))
+        return head(keras.layers.Concatenate()([h, f]))
+
+    safe = keras.layers.Lambda(
+        lambda t: tf.sqrt(tf.maximum(1.0 + t[:, bmi : bmi + 1], 0.0)), name="sqrt_1p_bmi_safe"
+    )(inp)
+    base = keras.Model(inp, net(safe))
+    ztr = ((x[tr] - mean) / std).astype(np.float32)
+    train(base, ztr, ((y[tr] - ym) / ys).astype(np.float32), epochs=60, loss="mse", lr=3e-3)
+
+    unsafe = keras.layers.Lambda(
+        lambda t: tf.sqrt(1.0 + t[:, bmi : bmi + 1]), name="sqrt_1p_bmi"
+    )(inp)
+    model = keras.Model(inp, rescale(net(unsafe)))
+    # Same weights: identical on z_bmi >= -1, NaN below.
+    ok = ztr[:, bmi] >= -1.0
+    safe_pred = keras.Model(inp, rescale(base.output)).predict(ztr, verbose=0)
+    unsafe_pred = model.predict(ztr, verbose=0)
+    assert np.isfinite(safe_pred).all()
+    assert np.allclose(safe_pred[ok], unsafe_pred[ok], rtol=1e-5, atol=1e-3)
+    assert np.isnan(unsafe_pred[~ok]).all() and (~ok).any()
+    norm = {"mean": mean.tolist(), "std": std.tolist(), "ym": ym, "ys": ys}
+    return convert(concrete_fn(model, [1, 4]), model), float(np.mean(~ok)), norm
+
+
 def build_invoke_error():
     """GATHER from a 4-entry constant with indices int32(|x|) + 4: always >= 4 (or negative
     when the cast overflows), so every input fails at invoke() with an out-of-bounds gather,
@@ -380,6 +439,18 @@ def main():
 
     (OUT / "invoke_error.tflite").write_bytes(build_invoke_error())
 
+    unstable_buf, unstable_train_nan, unstable_norm = build_unstable()
+    # The same standardisation as sensor, so sensor's transform works unchanged.
+    assert unstable_norm == {"mean": [f["mean"] for f in features],
+                             "std": [f["std"] for f in features],
+                             "ym": target_norm["mean"], "ys": target_norm["std"]}
+    bmi_feature = features[SENSOR_FEATURES.index("bmi")]
+    z_bmi_te = ((x_te[:, SENSOR_FEATURES.index("bmi")] - bmi_feature["mean"])
+                / bmi_feature["std"]).astype(np.float32)
+    unstable_nan_rows = [int(i) for i in np.flatnonzero(z_bmi_te < np.float32(-1.0))]
+    (OUT / "unstable.tflite").write_bytes(unstable_buf)
+    print(f"unstable trained/converted ({time.time() - t0:.0f}s)", flush=True)
+
     image_transform = {
         "kind": "image", "resize": "stretch", "interpolation": "linear", "color": "rgb",
         "scale": 1.0 / 255.0, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
@@ -432,6 +503,31 @@ def main():
                      "succeeds; invoke() raises RuntimeError for every input (indices are "
                      ">= 4, or negative when the int32 cast overflows).",
         },
+        "unstable": {
+            "file": "unstable.tflite", "role": "unstable_regression",
+            "transform": {"kind": "vector", "features": features},
+            "target": {"name": SENSOR_TARGET, "training_mean": target_norm["mean"],
+                       "training_std": target_norm["std"],
+                       "note": "de-standardisation is inside the graph: output is progression"},
+            "labels": None, "metadata": None,
+            "engineered_feature": {
+                "op": "sqrt(1 + z_bmi)", "nan_when": "z_bmi < -1",
+                "nan_when_raw": f"bmi < {bmi_feature['mean'] - bmi_feature['std']!r}",
+                "training_fraction_nan_domain": unstable_train_nan,
+            },
+            "notes": "same features, training split and standardisation as sensor (its "
+                     "transform works unchanged); output progression. The graph adds the "
+                     "engineered input f = sqrt(1 + z_bmi) (to the first hidden layer and, "
+                     "linearly, to the output layer). Trained with sqrt(max(1 + z_bmi, 0)) "
+                     "(no NaN in training); the exported graph has the plain SQRT, so every "
+                     "input with z_bmi < -1 (bmi below mean - std = "
+                     f"{bmi_feature['mean'] - bmi_feature['std']:.2f}, well inside the "
+                     f"training range: {100 * unstable_train_nan:.1f} % of training rows) "
+                     "gives a NaN output (sqrt of a negative number), and z_bmi >= -1 gives "
+                     "the trained model's prediction. measured.nan_rows are the 0-based data "
+                     "rows of sensor_heldout.csv that give NaN (measured.nan_csv_lines: "
+                     "1-based file lines, header = line 1); r2/mae are over the other rows.",
+        },
     }
     manifest = {
         "generator": "scripts/make_models.py",
@@ -470,6 +566,13 @@ def main():
             entry[key] = r[key]
         if "heldout" in r:
             entry["measured"] = {"via": "ai-edge-litert", **r["heldout"]}
+        if entry["role"] == "unstable_regression":
+            h = r["heldout"]
+            assert h["nan_rows"] == unstable_nan_rows, (h["nan_rows"], unstable_nan_rows)
+            entry["notes"] += (
+                f" Held out: {h['n_nan_domain']} of {h['n']} rows give NaN, rows "
+                f"{h['nan_rows']} = sensor_heldout.csv lines {h['nan_csv_lines']}."
+            )
         if "invoke_error_message" in r:
             entry["measured"] = {"via": "ai-edge-litert", "allocate_ok": r["allocate_ok"],
                                  "invoke_errors": r["invoke_errors"]}

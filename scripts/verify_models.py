@@ -10,8 +10,10 @@ It reads ``edge_agent/bundled/manifest.json`` for each model's training transfor
 held-out data (``digits_frames/*.png``, ``sensor_heldout.csv``) through ai-edge-litert and
 measures accuracy / R² / MAE, NaN behaviour and the invoke error. It exits non-zero when a
 model misses its bar (digits >= 95 %, nan_prone >= 90 % and non-finite on raw pixels, the
-invoke_error model raising), when a file is >= 300 KB, or when the manifest's sha256, sizes,
-tensor details or recorded measurements disagree with what it measures.
+invoke_error model raising, unstable finite with R² >= 0.3 exactly where z_bmi >= -1 and
+NaN exactly where z_bmi < -1, with sensor's transform), when a file is >= 300 KB, or when
+the manifest's sha256, sizes, tensor details or recorded measurements disagree with what it
+measures.
 
 ``make_models.py`` runs it once with ``--json`` to fill the manifest's measured numbers, and
 again to check the final manifest. The functions here are importable by tests.
@@ -39,6 +41,7 @@ MAX_BYTES = 300 * 1024
 DIGITS_MIN_ACC = 0.95
 NAN_PRONE_MIN_ACC = 0.90
 NAN_PRONE_MIN_NONFINITE = 0.95
+UNSTABLE_MIN_R2 = 0.3  # on the held-out rows where the model is defined (z_bmi >= -1)
 
 
 def make_interpreter(path: Path, *, default_delegates: bool = True) -> Any:
@@ -177,6 +180,8 @@ def measure(bundled: Path = BUNDLED) -> dict[str, Any]:
                 "mae": float(np.mean(np.abs(y - pred))),
                 "all_outputs_finite": bool(np.isfinite(pred).all()),
             }
+        elif role == "unstable_regression":
+            r["heldout"] = measure_unstable(interp, path, bundled, manifest, t)
         elif role == "invoke_error":
             shape = r["inputs"][0]["shape"]
             trials = {
@@ -201,6 +206,50 @@ def measure(bundled: Path = BUNDLED) -> dict[str, Any]:
             r["embedded_files"] = embedded_files(path)
         results[entry["file"]] = r
     return results
+
+
+def measure_unstable(
+    interp: Any, path: Path, bundled: Path, manifest: dict[str, Any], t: dict[str, Any]
+) -> dict[str, Any]:
+    """Held-out sensor rows split by the engineered sqrt(1 + z_bmi): z_bmi >= -1 must give
+    finite predictions (R²/MAE over those), z_bmi < -1 must give NaN, with both the default
+    resolver (XNNPACK) and the builtin kernels."""
+    header, x_raw, y = load_sensor_csv(bundled / manifest["heldout"]["sensor"]["file"])
+    names = [f["name"] for f in t["features"]]
+    assert header[:-1] == names, (header, names)
+    mean = np.array([f["mean"] for f in t["features"]])
+    std = np.array([f["std"] for f in t["features"]])
+    z = ((x_raw - mean) / std).astype(np.float32)
+    nan_domain = z[:, names.index("bmi")] < np.float32(-1.0)  # 1 + z exact in float32 here
+    preds: dict[str, np.ndarray] = {}
+    for resolver, it in (
+        ("default", interp),
+        ("builtin_no_delegates", make_interpreter(path, default_delegates=False)),
+    ):
+        preds[resolver] = np.array([run(it, z[i : i + 1])[0, 0] for i in range(len(z))], dtype=np.float64)
+    pred = preds["default"]
+    ok = ~nan_domain
+    yo, po = y[ok], pred[ok]
+    ss_res = float(np.sum((yo - po) ** 2))
+    ss_tot = float(np.sum((yo - yo.mean()) ** 2))
+    nan_rows = [int(i) for i in np.flatnonzero(np.isnan(pred))]
+    return {
+        "n": len(y),
+        "n_finite_domain": int(ok.sum()),
+        "n_nan_domain": int(nan_domain.sum()),
+        "nan_domain_max_abs_z": float(np.abs(z[nan_domain]).max()) if nan_domain.any() else 0.0,
+        "r2_finite_domain": 1.0 - ss_res / ss_tot,
+        "mae_finite_domain": float(np.mean(np.abs(yo - po))),
+        "finite_domain_all_finite": bool(np.isfinite(po).all()),
+        "nan_rows": nan_rows,
+        "nan_csv_lines": [i + 2 for i in nan_rows],
+        "nan_outputs": {k: int(np.isnan(v).sum()) for k, v in preds.items()},
+        "nonfinite_outputs": {k: int((~np.isfinite(v)).sum()) for k, v in preds.items()},
+        "nan_exactly_on_nan_domain": {k: bool(np.array_equal(np.isnan(v), nan_domain)) for k, v in preds.items()},
+        "resolvers_agree_finite_domain": bool(
+            np.allclose(preds["default"][ok], preds["builtin_no_delegates"][ok], rtol=1e-4)
+        ),
+    }
 
 
 def embedded_files(path: Path) -> dict[str, str]:
@@ -241,6 +290,20 @@ def check(bundled: Path, results: dict[str, Any], *, compare_manifest: bool) -> 
                     problems.append(f"{f}: {k}: {h[k]}")
         if role == "regression" and not h["all_outputs_finite"]:
             problems.append(f"{f}: non-finite regression output")
+        if role == "unstable_regression":
+            if (
+                not h["finite_domain_all_finite"]
+                or h["n_finite_domain"] < 1
+                or h["n_nan_domain"] < 1
+                or not all(h["nan_exactly_on_nan_domain"].values())
+                or not h["resolvers_agree_finite_domain"]
+                or h["nan_domain_max_abs_z"] >= 3.0
+                or h["r2_finite_domain"] < UNSTABLE_MIN_R2
+            ):
+                problems.append(f"{f}: {h}")
+            sensor = [e for e in manifest["models"].values() if e["file"] == "sensor.tflite"]
+            if sensor and sensor[0]["transform"] != entry["transform"]:
+                problems.append(f"{f}: transform differs from sensor.tflite's")
         if role == "invoke_error":
             bad = [k for k, v in r["invoke_errors"].items() if v is None]
             if bad:

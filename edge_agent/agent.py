@@ -76,6 +76,7 @@ class Agent:
         self._next_stats = 0.0
         self._last_frame_at = 0.0
         self._source_done = False
+        self._frames_read = 0
         self.exit_code = 0
         g = cfg.guard
         self.escalation = Escalation(
@@ -218,8 +219,9 @@ class Agent:
             self._stop.wait(IDLE_SLEEP_S)
             return
         self._pace()
+        limit = self.cfg.source.max_frames
         try:
-            item = self.source.read()
+            item = None if limit is not None and self._frames_read >= limit else self.source.read()
         except SourceError as err:
             # e.g. a looping CSV whose file vanished: report, drop the source, reopen later
             self.raise_event("source_error", "error", f"{err} (reopening every {SOURCE_RETRY_S:g} s)")
@@ -234,6 +236,7 @@ class Agent:
             if self.cfg.source.exit_when_done:
                 self.stop()
             return
+        self._frames_read += 1
         if isinstance(item, SourceProblem):
             self.raise_event("source_error", "warning", f"{item.source}: {item.message}", {"source": item.source})
             return
@@ -259,7 +262,8 @@ class Agent:
             self._escalate(self.escalation.fault())
             return
         if isinstance(outcome, Skipped):
-            self.raise_event(outcome.kind, "warning", outcome.message, outcome.detail)
+            # a skipped frame carries the same evidence as a fault: the frame as received, the model
+            self.raise_event(outcome.kind, "warning", outcome.message, self._evidence(frame, outcome.detail))
             return
         if isinstance(outcome, Fault):
             self.stats.record(outcome.latency_ms)

@@ -94,7 +94,12 @@ def _describe_outcome(o: Outcome) -> tuple[str, bool]:
             text += f" (imputed: {', '.join(o.imputed)})"
         if o.clipped:
             text += f" (clipped to the declared range: {', '.join(o.clipped)})"
-        return f"{text}  [invoke {o.latency_ms['invoke']:.2f} ms]  guard: ok", True
+        text += f"  [invoke {o.latency_ms['invoke']:.2f} ms]"
+        if o.warnings:
+            # the result would be published, but the guard flagged the frame: that is a fault found
+            flagged = "; ".join(f"{w.kind}: {w.message}" for w in o.warnings)
+            return f"{text}  guard: FAULT (warning) {flagged}", False
+        return f"{text}  guard: ok", True
     if isinstance(o, Fault):
         return f"guard: FAULT {o.fault.kind}: {o.fault.message}", False
     return f"skipped ({o.kind}): {o.message}", False

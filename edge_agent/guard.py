@@ -168,12 +168,15 @@ def _num(x: float) -> float | None:
     return round(x, 6) if np.isfinite(x) else None
 
 
-def all_finite(x: npt.NDArray[Any]) -> bool:
-    """True when x holds no NaN/Inf, without allocating: NaN and ±Inf propagate through a
-    float64 sum, which cannot overflow on float32/float16 values."""
+def all_finite(x: npt.NDArray[Any], *, scratch: npt.NDArray[np.bool_] | None = None) -> bool:
+    """True when x holds no NaN/Inf. With a preallocated boolean `scratch` of x's shape the
+    test allocates nothing (np.isfinite writes into it)."""
     if not np.issubdtype(x.dtype, np.floating):
         return True
-    return bool(np.isfinite(np.add.reduce(x, axis=None, dtype=np.float64)))
+    if scratch is not None and scratch.shape == x.shape:
+        # count_nonzero, not .all(): a reduction allocates its iterator on every call
+        return int(np.count_nonzero(np.isfinite(x, out=scratch))) == x.size
+    return bool(np.isfinite(x).all())
 
 
 class OutputGuard:
@@ -186,16 +189,21 @@ class OutputGuard:
         self._eq = [np.empty(o.shape, dtype=bool) for o in outputs]
         self._prev = [np.empty(o.shape, dtype=np.float32) for o in outputs]
         self._have_prev = False
+        # each integer output's maximum as an array of its dtype: comparing with a Python int
+        # would convert it on every call
+        self._tops = [np.array(np.iinfo(o.dtype).max, dtype=o.dtype) if o.is_integer else None for o in outputs]
         self.same_outputs = 0  # consecutive checked frames whose outputs did not change
+
+    def finite(self, outs: list[npt.NDArray[np.float32]]) -> bool:
+        """Every output free of NaN/Inf; allocation-free (preallocated scratch buffers)."""
+        return all(all_finite(o, scratch=eq) for o, eq in zip(outs, self._eq, strict=True))
 
     def saturated(self, raws: list[npt.NDArray[Any]]) -> GuardFault | None:
         """Integer outputs pinned at their dtype's maximum ("every label fires")."""
-        for info, raw, eq in zip(self.outputs, raws, self._eq, strict=True):
-            if not info.is_integer or raw.size < 2 or eq.shape != raw.shape:
+        for info, raw, eq, top in zip(self.outputs, raws, self._eq, self._tops, strict=True):
+            if top is None or raw.size < 2 or eq.shape != raw.shape:
                 continue
-            top = np.iinfo(info.dtype).max
-            np.equal(raw, top, out=eq)
-            pinned = int(np.count_nonzero(eq))
+            pinned = int(np.count_nonzero(np.equal(raw, top, out=eq)))
             if pinned >= 2 and pinned >= self.pinned_fraction * raw.size:
                 return GuardFault(
                     "output_saturated",
@@ -214,9 +222,9 @@ class OutputGuard:
         same = self._have_prev
         for out, prev, eq in zip(outs, self._prev, self._eq, strict=True):
             if same and prev.shape == out.shape:
-                np.not_equal(out, prev, out=eq)
-                same = not eq.any()
-            np.copyto(prev, out) if prev.shape == out.shape else None
+                same = np.count_nonzero(np.not_equal(out, prev, out=eq)) == 0
+            if prev.shape == out.shape:
+                np.copyto(prev, out)
         self._have_prev = True
         if not input_changed:
             return None  # the same input may give the same output: that proves nothing

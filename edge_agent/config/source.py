@@ -32,6 +32,7 @@ class SourceConfig(Section):
     # a finite source (images without loop, csv) may stop the agent when exhausted: tests and
     # batch jobs want that, a daemon does not
     exit_when_done: bool = False
+    max_frames: int | None = Field(default=None, ge=1, description="end the source after this many frames")
 
     @model_validator(mode="after")
     def _needs_location(self) -> SourceConfig:

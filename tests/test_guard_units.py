@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from edge_agent.config import GuardConfig
 from edge_agent.escalation import Escalation
@@ -172,7 +173,5 @@ def test_budget_sets_how_often_inputs_are_checked() -> None:
 
 @pytest.mark.parametrize("bad", [(1.0, 1.0), (2.0, -2.0), (math.inf, 1.0)])
 def test_expected_range_must_be_an_interval(bad: tuple[float, float]) -> None:
-    from pydantic import ValidationError
-
     with pytest.raises(ValidationError):
         GuardConfig(expected_input_range=bad)

@@ -112,12 +112,15 @@ class Agent:
 
     # ---- events -------------------------------------------------------------------------
     def raise_event(self, kind: str, severity: Severity, message: str, detail: dict[str, Any] | None = None) -> None:
-        log.log(logging.ERROR if severity in ("error", "critical") else logging.WARNING, "%s: %s", kind, message)
         self.stats.fault(kind)
         for ev in self.events.offer(Event(kind, severity, message, detail or {})):
             self._publish_event(ev)
 
     def _publish_event(self, ev: Event) -> None:
+        # logged as published: a fault storm is merged in the log as on the events topic
+        log.log(
+            logging.ERROR if ev.severity in ("error", "critical") else logging.WARNING, "%s: %s", ev.kind, ev.message
+        )
         topic = self.topics.events
         self.link.publish(topic, ev.payload(self.link.next_seq(topic)), qos=self.cfg.mqtt.events_qos)
 

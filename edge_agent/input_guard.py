@@ -74,6 +74,8 @@ class InputGuard:
         """Whether this frame's input checks (frozen source, statistics) should run."""
         if not self.cfg.check_inputs:
             return False
+        if self.cfg.on_input_out_of_range == "skip":
+            return True  # the operator asked for bad frames to be withheld: every frame is checked
         if self.cfg.input_check_every:
             every = self.cfg.input_check_every
         elif self._invoke_ms <= 0 or self._check_ms <= 0:

@@ -175,3 +175,35 @@ def test_budget_sets_how_often_inputs_are_checked() -> None:
 def test_expected_range_must_be_an_interval(bad: tuple[float, float]) -> None:
     with pytest.raises(ValidationError):
         GuardConfig(expected_input_range=bad)
+
+
+def test_a_delegate_that_gives_nan_where_the_cpu_does_not_is_blamed() -> None:
+    """No Coral here: the delegate's NaN output is simulated on a CPU-loaded model, marked as
+    running on the Edge TPU. What is real: the re-check loads a fresh CPU interpreter of the same
+    file, feeds it the very input the "delegate" failed on, and finds its outputs finite. What
+    only a device with a Coral can verify: that libedgetpu failures look like this."""
+    from conftest import BUNDLED, INTERPRETER
+
+    from edge_agent.config import parse_config
+    from edge_agent.pipeline import Fault, Pipeline
+
+    cfg = parse_config(
+        {
+            "model": {"path": str(BUNDLED / "digits_float.tflite"), "interpreter": INTERPRETER},
+            "preprocess": {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        }
+    )
+    p = Pipeline.load(cfg)
+    p.model.delegate = "edgetpu"
+    real_fetch = p.model.fetch_outputs
+
+    def broken_delegate() -> tuple[list[np.ndarray], list[np.ndarray]]:
+        raws, outs = real_fetch()
+        outs[0][...] = np.nan
+        return raws, outs
+
+    p.model.fetch_outputs = broken_delegate  # type: ignore[method-assign]
+    pixels = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    outcome = p.process(Frame(1, 0.0, 0.0, "cam", pixels=pixels, order="bgr"))
+    assert isinstance(outcome, Fault) and outcome.fault.kind == "nan_output"
+    assert "gives finite outputs on the CPU, so the edgetpu delegate is at fault" in outcome.fault.message

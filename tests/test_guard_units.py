@@ -8,14 +8,16 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import BUNDLED, INTERPRETER
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from edge_agent.config import GuardConfig
+from edge_agent.config import GuardConfig, parse_config
 from edge_agent.escalation import Escalation
 from edge_agent.guard import OutputGuard, all_finite
 from edge_agent.input_guard import InputGuard
+from edge_agent.pipeline import Fault, Pipeline
 from edge_agent.runtime.tensors import TensorInfo
 from edge_agent.sources.base import Frame
 
@@ -182,10 +184,6 @@ def test_a_delegate_that_gives_nan_where_the_cpu_does_not_is_blamed() -> None:
     running on the Edge TPU. What is real: the re-check loads a fresh CPU interpreter of the same
     file, feeds it the very input the "delegate" failed on, and finds its outputs finite. What
     only a device with a Coral can verify: that libedgetpu failures look like this."""
-    from conftest import BUNDLED, INTERPRETER
-
-    from edge_agent.config import parse_config
-    from edge_agent.pipeline import Fault, Pipeline
 
     cfg = parse_config(
         {

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from edge_agent import __version__
+from edge_agent.commands import COMMANDS, Inbox, Request
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ModelError, SourceError
 from edge_agent.escalation import Escalation
@@ -76,6 +77,9 @@ class Agent:
         self._next_stats = 0.0
         self._last_frame_at = 0.0
         self._source_done = False
+        self.paused = False
+        self.inbox = Inbox()
+        self._last_pixels: np.ndarray | None = None
         self._frames_read = 0
         self.exit_code = 0
         g = cfg.guard
@@ -198,6 +202,7 @@ class Agent:
         except ModelError as err:
             log.error("%s", err)
             self.interpreter_name = "unavailable"
+        self._subscribe()
         self.link.start()
         self.link.wait_connected(5.0)
         try:
@@ -218,6 +223,11 @@ class Agent:
             self._next_stats = now + self.cfg.service.stats_interval_s
         for ev in self.events.due():
             self._publish_event(ev)
+        for req in self.inbox.drain():
+            self._serve(req)
+        if self.paused:
+            self._stop.wait(IDLE_SLEEP_S)
+            return
         if self.pipeline is None or self.source is None or self._source_done:
             self._stop.wait(IDLE_SLEEP_S)
             return
@@ -245,6 +255,84 @@ class Agent:
             return
         self._handle(item)
 
+    # ---- commands and config updates -------------------------------------------------------
+    def _subscribe(self) -> None:
+        t = self.topics
+        self.link.subscribe(f"{t.prefix}/{t.device}/cmd/+", self.inbox.on_cmd, self.inbox.reject)
+        for topic in (t.config_set(), *(t.group_config_set(g) for g in self.cfg.device.groups)):
+            self.link.subscribe(topic, self.inbox.on_config, self.inbox.reject)
+
+    def _answer_cmd(self, name: str, ok: bool, message: str, **extra: Any) -> None:
+        payload = {"command": name, "ok": ok, "message": message, "ts": round(time.time(), 3), **extra}
+        self.link.publish(f"{self.topics.prefix}/{self.topics.device}/cmd/result", payload, qos=1)
+
+    def _serve(self, req: Request) -> None:
+        if req.kind == "reject":
+            if "/config/" in req.topic:
+                self._answer_config(None, req.reason)
+            else:
+                self._answer_cmd(req.topic.rsplit("/", 1)[-1], False, f"rejected: {req.reason}")
+            self.raise_event("message_rejected", "warning", f"{req.topic}: {req.reason}", {"topic": req.topic})
+            return
+        if req.kind == "config":
+            version = req.payload.get("version") if isinstance(req.payload, dict) else None
+            if not isinstance(req.payload, dict):
+                self._answer_config(None, 'an update must be a JSON object {"version", "config", "sig"}')
+            elif not self.cfg.remote.enabled:
+                self._answer_config(version, "remote updates are disabled on this device (remote.enabled = false)")
+            else:
+                self._answer_config(version, "remote updates are not supported by this version of edge-agent yet")
+            return
+        self._command(req.name, req.payload)
+
+    def _answer_config(self, version: Any, message: str) -> None:
+        payload = {
+            "version": version if isinstance(version, int) else None,
+            "applied": False,
+            "errors": [{"key": "remote", "message": message}],
+        }
+        self.link.publish(self.topics.config_result, payload, qos=1)
+        self.raise_event("config_rejected", "warning", message, {"version": payload["version"]})
+
+    def _command(self, name: str, args: Any) -> None:
+        if name not in COMMANDS:
+            self._answer_cmd(name, False, f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
+            return
+        if name == "pause":
+            self.paused = True
+            self._answer_cmd(name, True, "inference paused")
+        elif name == "resume":
+            self.paused = False
+            self._answer_cmd(name, True, "inference resumed")
+        elif name == "selftest":
+            if self.pipeline is None:
+                self._answer_cmd(name, False, "no model loaded")
+                return
+            try:
+                outcome = self.pipeline.selftest()
+            except ModelError as err:
+                self._answer_cmd(name, False, str(err))
+                return
+            ok = isinstance(outcome, Inference)
+            self._answer_cmd(name, ok, "self-test passed the guard" if ok else f"self-test failed: {outcome}")
+        elif name == "reload":
+            self.pipeline = None
+            self._next_model_try = 0.0
+            self._model_stamp = None
+            self._try_load_model(time.monotonic())
+            ok = self.pipeline is not None
+            self._answer_cmd(name, ok, "model reloaded" if ok else "reload failed: see the model_error event")
+        else:  # snapshot: the last frame as JPEG on P/D/snapshot
+            if self._last_pixels is None:
+                self._answer_cmd(name, False, "no frame yet")
+                return
+            ok_enc, jpeg = cv2.imencode(".jpg", self._last_pixels)
+            if not ok_enc:
+                self._answer_cmd(name, False, "the frame could not be encoded")
+                return
+            self.link.publish(f"{self.topics.prefix}/{self.topics.device}/snapshot", jpeg.tobytes(), qos=0)
+            self._answer_cmd(name, True, "snapshot published", bytes=int(jpeg.size))
+
     def _pace(self) -> None:
         fps = self.cfg.source.fps
         if fps:
@@ -256,6 +344,7 @@ class Agent:
     def _handle(self, frame: Frame) -> None:
         assert self.pipeline is not None
         self.stats.frames += 1
+        self._last_pixels = frame.pixels  # a reference, not a copy: only a snapshot encodes it
         try:
             outcome = self.pipeline.process(frame)
         except ModelError as err:

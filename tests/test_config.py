@@ -182,3 +182,10 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         env={"EDGE_AGENT_CONFIG": str(bad), "PATH": "/usr/bin:/bin"},
     )
     assert r.returncode == 2 and "mqtt.port" in r.stderr
+
+
+def test_password_without_tls_is_refused_unless_allowed(tmp_path: Path) -> None:
+    base = MINIMAL + '[mqtt]\nusername = "edge"\npassword_file = "pw"\n'
+    lines = problems(tmp_path, base)
+    assert any(ln.startswith("mqtt.password_file: a password would cross the network in clear text") for ln in lines)
+    assert load_config(write(tmp_path, base + "allow_plaintext_password = true\n")).mqtt.username == "edge"

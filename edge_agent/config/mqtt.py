@@ -37,6 +37,10 @@ class MqttConfig(Section):
     keepalive: int = Field(default=30, ge=5, le=3600)
     outbox_max_mb: float = Field(default=64.0, gt=0, le=65536)
     client_id: str | None = None
+    allow_plaintext_password: bool = Field(
+        default=False, description="send the password over a link without TLS (off: such a config is refused)"
+    )
+    max_incoming_kb: int = Field(default=256, ge=1, le=65536, description="larger incoming messages are rejected")
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -59,4 +63,9 @@ class MqttConfig(Section):
     def _credentials(self) -> MqttConfig:
         if self.password_file is not None and self.username is None:
             raise ValueError("mqtt.password_file: needs mqtt.username")
+        if self.password_file is not None and self.tls is None and not self.allow_plaintext_password:
+            raise ValueError(
+                "mqtt.password_file: a password would cross the network in clear text: configure [mqtt.tls], "
+                "or set mqtt.allow_plaintext_password = true for a trusted network"
+            )
         return self

@@ -70,6 +70,13 @@ class MqttLink:
         self.client.reconnect_delay_set(min_delay=1, max_delay=60)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+        # hooks for the owner: called from paho's network thread, so they must be quick
+        self.on_connected: list[Callable[[], None]] = []
+        self.on_published: Callable[[int], None] | None = None
+        self._handlers: dict[str, Callable[[str, Any], None]] = {}  # topic filter → handler(topic, parsed JSON)
+        self._rejects: dict[str, Callable[[str, str], None]] = {}  # topic filter → reject(topic, reason)
 
     @property
     def connected(self) -> bool:
@@ -84,6 +91,57 @@ class MqttLink:
         self.last_error = None
         log.info("connected to %s:%s", self.cfg.host, self.cfg.port)
         self.publish_status(self._state)
+        # subscriptions do not survive a clean start: renew them on every connect
+        for topic_filter in self._handlers:
+            client.subscribe(topic_filter, qos=1)
+        for hook in self.on_connected:
+            hook()
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        # QoS 1: the broker's PUBACK; QoS 0: the message left the socket
+        if self.on_published is not None:
+            self.on_published(mid)
+
+    def subscribe(
+        self, topic_filter: str, handler: Callable[[str, Any], None], reject: Callable[[str, str], None]
+    ) -> None:
+        """Route JSON messages on `topic_filter` to `handler`; bad ones to `reject` with the reason."""
+        self._handlers[topic_filter] = handler
+        self._rejects[topic_filter] = reject
+        if self.connected:
+            self.client.subscribe(topic_filter, qos=1)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # never let an exception escape into paho's network thread: it would end the loop
+        try:
+            for topic_filter, handler in self._handlers.items():
+                if mqtt.topic_matches_sub(topic_filter, msg.topic):
+                    self._dispatch(msg, handler, self._rejects[topic_filter])
+                    return
+        except Exception:
+            log.exception("handling a message on %s failed", msg.topic)
+
+    def _dispatch(
+        self, msg: mqtt.MQTTMessage, handler: Callable[[str, Any], None], reject: Callable[[str, str], None]
+    ) -> None:
+        limit = self.cfg.max_incoming_kb * 1024
+        if len(msg.payload) > limit:
+            reject(msg.topic, f"message of {len(msg.payload)} bytes exceeds mqtt.max_incoming_kb ({limit} bytes)")
+            return
+        try:
+            text = msg.payload.decode("utf-8")
+        except UnicodeDecodeError as err:
+            reject(msg.topic, f"message is not UTF-8 text (byte {err.start})")
+            return
+        if not text.strip():
+            handler(msg.topic, None)  # an empty message: a command without arguments
+            return
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as err:
+            reject(msg.topic, f"message is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}")
+            return
+        handler(msg.topic, parsed)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._connected.clear()

@@ -27,6 +27,8 @@ from edge_agent.errors import ModelError, SourceError
 from edge_agent.escalation import Escalation
 from edge_agent.events import Event, EventMerger, Severity
 from edge_agent.mqtt.link import MqttLink
+from edge_agent.mqtt.outbox import Outbox
+from edge_agent.mqtt.sender import OutboxSender
 from edge_agent.mqtt.topics import Topics
 from edge_agent.pipeline import Fault, Inference, Pipeline, Skipped
 from edge_agent.runtime.backends import select_backend
@@ -38,6 +40,7 @@ from edge_agent.stats import Stats
 log = logging.getLogger(__name__)
 
 SOURCE_RETRY_S = 5.0
+STORAGE_RETRY_S = 10.0
 # EX_TEMPFAIL: the guard asks for a restart; systemd's Restart=on-failure performs it
 EXIT_RESTART = 75
 IDLE_SLEEP_S = 0.2
@@ -78,6 +81,13 @@ class Agent:
         self._last_frame_at = 0.0
         self._source_done = False
         self.paused = False
+        self._overflowed = 0
+        self._in_overflow = False
+        self._storage_reported = False
+        self._next_storage_try = 0.0
+        # opened here so that events raised from the start (model_error) are queued too
+        state = Path(cfg.device.state_dir)
+        self.outbox = Outbox(state / "outbox.sqlite", max_bytes=int(cfg.mqtt.outbox_max_mb * 1024 * 1024))
         self.inbox = Inbox()
         self._last_pixels: np.ndarray | None = None
         self._frames_read = 0
@@ -88,6 +98,7 @@ class Agent:
         )
         self.interpreter_name = "none"
         self.link = MqttLink(cfg.mqtt, self.topics, status_payload=self._status_payload, initial_state=self.state)
+        self.sender = OutboxSender(self.outbox, self.link)
 
     # ---- status -------------------------------------------------------------------------
     def _status_payload(self, state: str) -> dict[str, Any]:
@@ -125,8 +136,31 @@ class Agent:
         log.log(
             logging.ERROR if ev.severity in ("error", "critical") else logging.WARNING, "%s: %s", ev.kind, ev.message
         )
-        topic = self.topics.events
-        self.link.publish(topic, ev.payload(self.link.next_seq(topic)), qos=self.cfg.mqtt.events_qos)
+        self._enqueue(self.topics.events, ev.payload, qos=self.cfg.mqtt.events_qos, kind="event")
+
+    def _enqueue(self, topic: str, make: Callable[[int], dict[str, Any]], *, qos: int, kind: str) -> None:
+        """Through the outbox: stored first, sent in order, removed once acknowledged."""
+        put = self.outbox.put(topic, make, qos=qos, kind=kind)
+        if put.dropped_results:
+            self.stats.fault("outbox_dropped_results", put.dropped_results)
+        if put.dropped_events:
+            # said once per overflow, itself through the outbox (events only push out events)
+            self.stats.fault("outbox_dropped_events", put.dropped_events)
+            self._overflowed += put.dropped_events
+        if self._overflowed and kind == "event" and not self._in_overflow:
+            n, self._overflowed = self._overflowed, 0
+            self._in_overflow = True
+            try:
+                self.raise_event(
+                    "outbox_overflow",
+                    "error",
+                    f"the outbox reached mqtt.outbox_max_mb ({self.cfg.mqtt.outbox_max_mb:g} MB) while the broker was "
+                    f"unreachable: the {n} oldest queued events were dropped (results go first)",
+                    {"dropped_events": n},
+                )
+            finally:
+                self._in_overflow = False
+        self.sender.pump()
 
     # ---- model and source lifecycle -----------------------------------------------------
     def _try_load_model(self, now: float) -> None:
@@ -218,8 +252,11 @@ class Agent:
             self._try_open_source(now)
         if self.pipeline is None:
             self._try_load_model(now)
+        self.sender.pump()
+        self._storage_housekeeping(now)
         if now >= self._next_stats:
             self._publish_stats()
+            self.outbox.save_seqs()
             self._next_stats = now + self.cfg.service.stats_interval_s
         for ev in self.events.due():
             self._publish_event(ev)
@@ -254,6 +291,28 @@ class Agent:
             self.raise_event("source_error", "warning", f"{item.source}: {item.message}", {"source": item.source})
             return
         self._handle(item)
+
+    def _storage_housekeeping(self, now: float) -> None:
+        """A failing state_dir: say so once per episode, retry the disk every STORAGE_RETRY_S."""
+        err = self.outbox.storage_error
+        if err is None:
+            self._storage_reported = False
+            return
+        if not self._storage_reported:
+            self._storage_reported = True
+            self.raise_event(
+                "storage_error",
+                "error",
+                f"{err}: queued messages are kept in memory (bounded by mqtt.outbox_max_mb) until the "
+                "state_dir can be written again; a failing SD card is the usual cause",
+                {"state_dir": self.cfg.device.state_dir},
+            )
+        if now >= self._next_storage_try:
+            self._next_storage_try = now + STORAGE_RETRY_S
+            if self.outbox.retry_disk():
+                self.raise_event(
+                    "storage_recovered", "info", f"the outbox is back on disk in {self.cfg.device.state_dir}"
+                )
 
     # ---- commands and config updates -------------------------------------------------------
     def _subscribe(self) -> None:
@@ -442,7 +501,7 @@ class Agent:
         model = self.pipeline.model
         topic = self.topics.results
         payload: dict[str, Any] = {
-            "seq": self.link.next_seq(topic),
+            "seq": 0,
             "ts": round(time.time(), 3),
             "frame": {"seq": frame.seq, "ts": round(frame.ts, 3), "source": frame.source},
             "model": {"name": model.name, "sha256": model.file.sha256},
@@ -458,12 +517,24 @@ class Agent:
             self.stats.count("clipped", inf.clipped)
         self.stats.record(inf.latency_ms)
         self.stats.results += 1
-        self.link.publish(topic, payload, qos=self.cfg.mqtt.results_qos)
+        if self.cfg.mqtt.persist_results:
+            self._enqueue(topic, lambda seq: {**payload, "seq": seq}, qos=self.cfg.mqtt.results_qos, kind="result")
+        else:
+            payload["seq"] = self.outbox.next_seq(topic)
+            self.link.publish(topic, payload, qos=self.cfg.mqtt.results_qos)
         if self._on_result is not None:
             self._on_result(payload)
 
     def _publish_stats(self) -> None:
-        snap = self.stats.snapshot(state=self.state, broker_connected=self.link.connected)
+        depth = self.outbox.depth()
+        outbox = {
+            "depth": depth.count,
+            "bytes": depth.bytes,
+            "oldest_age_s": depth.oldest_age_s,
+            "on_disk": depth.on_disk,
+            "in_flight": self.sender.in_flight,
+        }
+        snap = self.stats.snapshot(state=self.state, broker_connected=self.link.connected, outbox=outbox)
         self.link.publish(self.topics.stats, snap, qos=0, retain=True)
 
     def _shutdown(self) -> None:
@@ -472,5 +543,8 @@ class Agent:
         self._publish_stats()
         if self.source is not None:
             self.source.close()
+        # what the broker has not acknowledged stays in the outbox for the next start
+        self.sender.drain(timeout=3.0)
+        self.outbox.close()
         self.link.stop()
         log.info("stopped")

@@ -1,0 +1,85 @@
+"""Hands outbox rows to the broker link in order, a window at a time, and removes them once
+acknowledged. Runs in the agent's thread (the outbox's SQLite connection lives there); the
+acknowledgements arrive from paho's network thread through a queue.
+
+paho itself re-sends its unacknowledged QoS 1 messages after a reconnect; rows handed over
+but still unacknowledged after `resend_after_s` of connection are handed over again (at
+least once: the consumer drops a duplicate by its seq).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass
+
+from edge_agent.mqtt.link import MqttLink
+from edge_agent.mqtt.outbox import Outbox, Row
+
+
+@dataclass
+class _InFlight:
+    row: Row
+    since: float
+
+
+class OutboxSender:
+    def __init__(self, outbox: Outbox, link: MqttLink, *, window: int = 20, resend_after_s: float = 60.0) -> None:
+        self.outbox = outbox
+        self.link = link
+        self.window = window
+        self.resend_after_s = resend_after_s
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._inflight: dict[int, _InFlight] = {}  # paho mid → row
+        self.sent = 0
+        link.on_published = self._acks.put  # called in paho's thread: only queue
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    def _collect_acks(self) -> None:
+        while True:
+            try:
+                mid = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            item = self._inflight.pop(mid, None)
+            if item is not None:
+                self.outbox.ack(item.row.id, item.row.size)
+
+    def pump(self) -> int:
+        """Remove what was acknowledged, hand over what fits in the window; the number handed over."""
+        self._collect_acks()
+        if not self.link.connected:
+            return 0
+        now = time.monotonic()
+        stale = [mid for mid, f in self._inflight.items() if now - f.since > self.resend_after_s]
+        for mid in stale:
+            del self._inflight[mid]
+        room = self.window - len(self._inflight)
+        if room <= 0:
+            return 0
+        busy = {f.row.id for f in self._inflight.values()}
+        handed = 0
+        for row in self.outbox.pending(exclude=busy, limit=room):
+            info = self.link.client.publish(row.topic, row.payload, qos=row.qos)
+            if info.rc != 0:
+                break  # the link went down meanwhile: the row stays pending
+            self._inflight[info.mid] = _InFlight(row, now)
+            handed += 1
+        self.sent += handed
+        self._collect_acks()
+        return handed
+
+    def drain(self, timeout: float) -> bool:
+        """Send everything pending (at a clean stop); True when the outbox is empty."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.pump()
+            if not self._inflight and self.outbox.depth().count == 0:
+                return True
+            if not self.link.connected:
+                return False
+            time.sleep(0.01)
+        return False

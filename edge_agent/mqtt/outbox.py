@@ -118,8 +118,10 @@ class Outbox:
                 raise
             rows = db.execute("SELECT id, topic, length(payload) FROM outbox").fetchall()
             self._bytes = sum(n + len(t) + ROW_OVERHEAD for _, t, n in rows)
-            self._next_id = max([r[0] for r in rows] + [0]) + 1
-            self._seqs = dict(db.execute("SELECT topic, seq FROM seqs").fetchall())
+            self._next_id = max([r[0] for r in rows] + [self._next_id - 1]) + 1
+            # numbers handed out while the disk was away (memory mode) are kept: never go back
+            for topic, seq in db.execute("SELECT topic, seq FROM seqs").fetchall():
+                self._seqs[topic] = max(seq, self._seqs.get(topic, 0))
             clean = db.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()
             self.recovered_unclean = clean is not None and clean[0] != "1"
             db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
@@ -218,6 +220,13 @@ class Outbox:
         dropped_events, dropped_results = self._make_room(row.size, kind)
         self._next_id += 1
         self._seqs[topic] = seq
+        if kind == "result" and self._bytes + row.size > self.max_bytes:
+            # only events left, and a result may not push one out: this result is the one dropped
+            # (its seq is spent, so the consumer sees the gap)
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error), self._tx() as db:
+                    db.execute("INSERT OR REPLACE INTO seqs VALUES (?, ?)", (topic, seq))
+            return Put(seq, dropped_events, dropped_results + 1)
         if self._db is not None:
             try:
                 with self._tx() as db:

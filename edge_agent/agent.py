@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import ModelError, SourceError
 from edge_agent.escalation import Escalation
 from edge_agent.events import Event, EventMerger, Severity
-from edge_agent.mqtt.link import MqttLink
+from edge_agent.mqtt.link import MqttLink, Outage
 from edge_agent.mqtt.outbox import Outbox
 from edge_agent.mqtt.sender import OutboxSender
 from edge_agent.mqtt.topics import Topics
@@ -98,6 +99,9 @@ class Agent:
         )
         self.interpreter_name = "none"
         self.link = MqttLink(cfg.mqtt, self.topics, status_payload=self._status_payload, initial_state=self.state)
+        # connection errors the link recovered from: handed over by paho's thread, raised by the loop
+        self._outages: queue.SimpleQueue[Outage] = queue.SimpleQueue()
+        self.link.on_connected.append(self._on_link_connected)
         self.sender = OutboxSender(self.outbox, self.link)
 
     # ---- status -------------------------------------------------------------------------
@@ -161,6 +165,27 @@ class Agent:
             finally:
                 self._in_overflow = False
         self.sender.pump()
+
+    def _on_link_connected(self) -> None:
+        # paho's network thread: only queue the summary; `_step` raises the event
+        if self.link.outage is not None:
+            self._outages.put(self.link.outage)
+
+    def _raise_broker_errors(self) -> None:
+        while not self._outages.empty():
+            o = self._outages.get_nowait()
+            attempts = f"{o.failed_attempts} connection attempt(s) failed" if o.failed_attempts else "reconnected"
+            self.raise_event(
+                "broker_error",
+                "warning",
+                f"the broker link was down for {o.down_s:.1f} s ({attempts}); last error: {o.last_error}",
+                {
+                    "failed_attempts": o.failed_attempts,
+                    "last_error": o.last_error,
+                    "down_s": round(o.down_s, 3),
+                    "broker": f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}",
+                },
+            )
 
     # ---- model and source lifecycle -----------------------------------------------------
     def _try_load_model(self, now: float) -> None:
@@ -258,6 +283,7 @@ class Agent:
             self._publish_stats()
             self.outbox.save_seqs()
             self._next_stats = now + self.cfg.service.stats_interval_s
+        self._raise_broker_errors()
         for ev in self.events.due():
             self._publish_event(ev)
         for req in self.inbox.drain():
@@ -328,9 +354,9 @@ class Agent:
     def _serve(self, req: Request) -> None:
         if req.kind == "reject":
             if "/config/" in req.topic:
-                self._answer_config(None, req.reason)
-            else:
-                self._answer_cmd(req.topic.rsplit("/", 1)[-1], False, f"rejected: {req.reason}")
+                self._answer_config(None, req.reason)  # raises config_rejected
+                return
+            self._answer_cmd(req.topic.rsplit("/", 1)[-1], False, f"rejected: {req.reason}")
             self.raise_event("message_rejected", "warning", f"{req.topic}: {req.reason}", {"topic": req.topic})
             return
         if req.kind == "config":
@@ -372,8 +398,12 @@ class Agent:
             except ModelError as err:
                 self._answer_cmd(name, False, str(err))
                 return
-            ok = isinstance(outcome, Inference)
-            self._answer_cmd(name, ok, "self-test passed the guard" if ok else f"self-test failed: {outcome}")
+            if isinstance(outcome, Inference):
+                self._answer_cmd(name, True, "self-test passed the guard")
+            elif isinstance(outcome, Fault):
+                self._answer_cmd(name, False, f"self-test failed: {outcome.fault.kind}: {outcome.fault.message}")
+            else:
+                self._answer_cmd(name, False, f"self-test skipped: {outcome.message}")
         elif name == "reload":
             self.pipeline = None
             self._next_model_try = 0.0
@@ -518,7 +548,12 @@ class Agent:
         self.stats.record(inf.latency_ms)
         self.stats.results += 1
         if self.cfg.mqtt.persist_results:
-            self._enqueue(topic, lambda seq: {**payload, "seq": seq}, qos=self.cfg.mqtt.results_qos, kind="result")
+
+            def with_seq(seq: int) -> dict[str, Any]:
+                payload["seq"] = seq
+                return payload
+
+            self._enqueue(topic, with_seq, qos=self.cfg.mqtt.results_qos, kind="result")
         else:
             payload["seq"] = self.outbox.next_seq(topic)
             self.link.publish(topic, payload, qos=self.cfg.mqtt.results_qos)

@@ -9,7 +9,12 @@ from edge_agent.errors import ConfigError
 
 
 def read_secret(name_or_path: str) -> str:
-    """A relative name is looked up in $CREDENTIALS_DIRECTORY first; the value is stripped."""
+    """The file's name is looked up in $CREDENTIALS_DIRECTORY first, then the path; the value is stripped.
+
+    Config paths arrive already resolved against the config file's folder, so `password_file =
+    "mqtt_password"` reaches here as `/etc/edge-agent/mqtt_password`: only its name is used in
+    the credentials directory (systemd `LoadCredential=mqtt_password:...`).
+    """
     p = Path(name_or_path)
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
     candidates = [Path(creds) / p.name] if creds else []

@@ -3,32 +3,83 @@
 paho's loop thread reconnects by itself (with `reconnect_delay_set` backoff); this class
 only adds what the agent needs on top: the status topic as Last Will, `online` on every
 connect, `offline` on a clean stop, and JSON payloads with a per-topic `seq`.
+
+Connection errors: before every attempt the password file is read again (a corrected or
+rotated secret is used without a restart) and the TLS files are loaded if they could not be
+yet; no attempt is ever made without the TLS the config asks for. Each distinct cause is
+logged once per outage, in one line; when the link is up again, `outage` summarises what
+failed for the `on_connected` hooks. paho cannot swap the CA of a configured TLS context, so
+a corrected `mqtt.tls.ca` file takes effect on the next start of the agent.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.config import MqttConfig
+from edge_agent.errors import ConfigError
 from edge_agent.mqtt.topics import Topics
 from edge_agent.secrets import read_secret
 
 log = logging.getLogger(__name__)
 
 
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 60
+# CONNACK reason codes that mean "wrong or missing credentials" (MQTT 5; 3.1.1's 4 and 5 map to these)
+_AUTH_CODES = (134, 135)  # Bad user name or password, Not authorized
+
+
 def encode(payload: dict[str, Any]) -> bytes:
     # allow_nan=False: a NaN must never leave the device disguised as JSON
     return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
+
+
+class ConnectSetupError(OSError):
+    """A connection attempt that could not even start: an unreadable password or TLS file."""
+
+
+@dataclass(frozen=True)
+class Outage:
+    """What went wrong between two connections: the last cause and how many attempts failed."""
+
+    last_error: str
+    failed_attempts: int
+    down_s: float
+
+
+class _Client(mqtt.Client):
+    """paho's client with a hook before each connection attempt and one for its failure.
+
+    paho's `on_connect_fail` does not say why an attempt failed; `reconnect` sees the exception.
+    Both hooks run in paho's network thread and must not raise anything but OSError.
+    """
+
+    before_connect: Callable[[], None] | None = None
+    connect_failed: Callable[[OSError], None] | None = None
+
+    def reconnect(self) -> MQTTErrorCode:
+        try:
+            if self.before_connect is not None:
+                self.before_connect()
+            return super().reconnect()
+        except OSError as err:
+            if self.connect_failed is not None:
+                self.connect_failed(err)
+            raise
 
 
 class MqttLink:
@@ -50,24 +101,27 @@ class MqttLink:
         # state, so that an agent still without a model never claims `online` on connect
         self._state = initial_state
         self.last_error: str | None = None
+        # the connection errors of the current outage (all touched in paho's thread only)
+        self.outage: Outage | None = None  # the outage that the last successful connect ended
+        self._failed_attempts = 0
+        self._attempt_failed = False
+        self._down_since: float | None = None
+        self._logged: set[str] = set()
+        self._tls_ready = cfg.tls is None
         v5 = cfg.protocol == "5"
         self._v5 = v5
-        self.client = mqtt.Client(
+        self.client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id or f"edge-agent-{topics.device}",
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             transport=cfg.transport,
             **({} if v5 else {"clean_session": True}),
         )
-        if cfg.username:
-            password = read_secret(cfg.password_file) if cfg.password_file else None
-            self.client.username_pw_set(cfg.username, password)
-        if cfg.tls is not None:
-            self.client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert, keyfile=cfg.tls.key)
-            if cfg.tls.insecure:
-                self.client.tls_insecure_set(True)
+        # credentials and TLS are set up in `_before_connect`, before every attempt
+        self.client.before_connect = self._before_connect
+        self.client.connect_failed = self._connect_failed
         self.client.will_set(topics.status, encode(status_payload("offline")), qos=1, retain=True)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=60)
+        self.client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
@@ -82,14 +136,102 @@ class MqttLink:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    # ---- connection errors -----------------------------------------------------------------
+    @property
+    def _where(self) -> str:
+        return f"{self.cfg.host}:{self.cfg.port}"
+
+    def _before_connect(self) -> None:
+        """Load what may have failed or changed since the last attempt; raise ConnectSetupError."""
+        self._attempt_failed = False
+        cfg = self.cfg
+        if cfg.tls is not None and not self._tls_ready:
+            try:
+                self.client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert, keyfile=cfg.tls.key)
+            except (OSError, ValueError) as err:
+                files = ", ".join(f"{k} = {v}" for k, v in cfg.tls.model_dump().items() if isinstance(v, str))
+                detail = getattr(err, "strerror", None) or getattr(err, "reason", None) or err
+                raise ConnectSetupError(f"mqtt.tls: cannot load the TLS files ({files}): {detail}") from None
+            if cfg.tls.insecure:
+                self.client.tls_insecure_set(True)
+            self._tls_ready = True
+        if cfg.username:
+            try:
+                password = read_secret(cfg.password_file) if cfg.password_file else None
+            except ConfigError as err:
+                raise ConnectSetupError(f"mqtt.password_file: {err}") from None
+            self.client.username_pw_set(cfg.username, password)
+
+    def _describe(self, err: OSError) -> str:
+        """One line, naming the cause and what to check; never the secret."""
+        where, tls = self._where, self.cfg.tls
+        if isinstance(err, ConnectSetupError):
+            return str(err)
+        if isinstance(err, ssl.SSLCertVerificationError):
+            ca = tls.ca if tls is not None and tls.ca else "the system's CAs"
+            return (
+                f"TLS certificate verification of the broker at {where} failed: {err.verify_message}; "
+                f"mqtt.tls.ca ({ca}) is not the CA that signed the broker's certificate, or the certificate "
+                f"does not name {self.cfg.host} (a corrected mqtt.tls.ca takes effect when the agent restarts)"
+            )
+        if isinstance(err, ssl.SSLError):
+            return (
+                f"TLS handshake with the broker at {where} failed: {err.reason or err} (is that port a TLS listener?)"
+            )
+        if isinstance(err, ConnectionRefusedError):
+            return f"cannot reach the broker at {where}: connection refused (no broker listening on that port)"
+        if isinstance(err, socket.gaierror):
+            return f"cannot resolve mqtt.host {self.cfg.host!r}: {err.strerror or err}"
+        if isinstance(err, TimeoutError):
+            return f"cannot reach the broker at {where}: timed out"
+        if isinstance(err, ConnectionResetError) and tls is not None:
+            return f"the broker at {where} reset the connection during the TLS handshake (is that port a TLS listener?)"
+        return f"cannot connect to the broker at {where}: {err.strerror or err}"
+
+    def _connect_failed(self, err: OSError) -> None:
+        self._fail(self._describe(err))
+
+    def _fail(self, cause: str) -> None:
+        """An attempt failed: count it, and log the cause once per outage."""
+        self._failed_attempts += 1
+        self._attempt_failed = True
+        self._note(cause)
+
+    def _note(self, cause: str) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        self.last_error = cause
+        if cause not in self._logged:
+            self._logged.add(cause)
+            log.warning("%s; retrying (backoff up to %d s)", cause, RECONNECT_MAX_S)
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if getattr(reason, "is_failure", False):
-            self.last_error = f"broker refused the connection: {reason}"
-            log.warning("%s", self.last_error)
+            hint = ""
+            if getattr(reason, "value", None) in _AUTH_CODES:
+                hint = (
+                    " (check mqtt.username and the password in mqtt.password_file)"
+                    if self.cfg.username
+                    else " (the broker wants credentials: set mqtt.username and mqtt.password_file)"
+                )
+            self._fail(f"the broker at {self._where} refused the connection: {reason}{hint}")
             return
         self._connected.set()
+        if self._down_since is not None and self.last_error is not None:
+            self.outage = Outage(self.last_error, self._failed_attempts, time.monotonic() - self._down_since)
+            log.info(
+                "connected to %s after %d failed attempt(s) in %.1f s",
+                self._where,
+                self._failed_attempts,
+                self.outage.down_s,
+            )
+        else:
+            self.outage = None
+            log.info("connected to %s", self._where)
         self.last_error = None
-        log.info("connected to %s:%s", self.cfg.host, self.cfg.port)
+        self._failed_attempts = 0
+        self._down_since = None
+        self._logged.clear()
         self.publish_status(self._state)
         # subscriptions do not survive a clean start: renew them on every connect
         for topic_filter in self._handlers:
@@ -144,10 +286,16 @@ class MqttLink:
         handler(msg.topic, parsed)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
-        if getattr(reason, "is_failure", False):
-            self.last_error = f"disconnected: {reason}"
-            log.warning("broker link lost (%s); reconnecting", reason)
+        if not getattr(reason, "is_failure", False):
+            return  # our own disconnect
+        if was_connected:
+            self._note(f"lost the link to the broker at {self._where} ({reason})")
+        elif not self._attempt_failed:
+            # closed without a CONNACK: a TLS listener reached in clear text, or a refused client certificate
+            hint = "a client certificate it refused?" if self.cfg.tls else "is that port a TLS listener?"
+            self._fail(f"the broker at {self._where} closed the connection before accepting it ({hint})")
 
     def start(self) -> None:
         if self._v5:
@@ -178,6 +326,8 @@ class MqttLink:
     def publish_status(self, state: str) -> None:
         self._state = state
         self.publish(self.topics.status, self._status_payload(state), qos=1, retain=True)
+        # paho sends the Will with the next CONNECT: keep it describing the current model
+        self.client.will_set(self.topics.status, encode(self._status_payload("offline")), qos=1, retain=True)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Publish `offline`, wait for it to leave, disconnect."""

@@ -82,8 +82,7 @@ class Agent:
         self._last_frame_at = 0.0
         self._source_done = False
         self.paused = False
-        self._overflowed = 0
-        self._in_overflow = False
+        self._overflowed = 0  # events the full outbox dropped, not said yet
         self._storage_reported = False
         self._next_storage_try = 0.0
         # opened here so that events raised from the start (model_error) are queued too
@@ -148,22 +147,26 @@ class Agent:
         if put.dropped_results:
             self.stats.fault("outbox_dropped_results", put.dropped_results)
         if put.dropped_events:
-            # said once per overflow, itself through the outbox (events only push out events)
+            # said once the broker is reachable again (or at the stop): `_report_overflow`
             self.stats.fault("outbox_dropped_events", put.dropped_events)
             self._overflowed += put.dropped_events
-        if self._overflowed and kind == "event" and not self._in_overflow:
-            n, self._overflowed = self._overflowed, 0
-            self._in_overflow = True
-            try:
-                self.raise_event(
-                    "outbox_overflow",
-                    "error",
-                    f"the outbox reached mqtt.outbox_max_mb ({self.cfg.mqtt.outbox_max_mb:g} MB) while the broker was "
-                    f"unreachable: the {n} oldest queued events were dropped (results go first)",
-                    {"dropped_events": n},
-                )
-            finally:
-                self._in_overflow = False
+        self.sender.pump()
+
+    def _report_overflow(self) -> None:
+        """One `outbox_overflow` per overflow with the total dropped: sent after the backlog it
+        concerns. It pushes nothing out (an event per drop would fill the outbox with
+        itself) and is not merged (a merged summary would lose the counts)."""
+        n, self._overflowed = self._overflowed, 0
+        ev = Event(
+            "outbox_overflow",
+            "error",
+            f"the outbox reached mqtt.outbox_max_mb ({self.cfg.mqtt.outbox_max_mb:g} MB) while the broker was "
+            f"unreachable: the {n} oldest queued events were dropped (results go first)",
+            {"dropped_events": n},
+        )
+        self.stats.fault(ev.kind)
+        log.error("%s: %s", ev.kind, ev.message)
+        self.outbox.put(self.topics.events, ev.payload, qos=self.cfg.mqtt.events_qos, kind="event", evict=False)
         self.sender.pump()
 
     def _on_link_connected(self) -> None:
@@ -278,6 +281,8 @@ class Agent:
         if self.pipeline is None:
             self._try_load_model(now)
         self.sender.pump()
+        if self._overflowed and self.link.connected:
+            self._report_overflow()
         self._storage_housekeeping(now)
         if now >= self._next_stats:
             self._publish_stats()
@@ -289,10 +294,10 @@ class Agent:
         for req in self.inbox.drain():
             self._serve(req)
         if self.paused:
-            self._stop.wait(IDLE_SLEEP_S)
+            self._idle(IDLE_SLEEP_S)
             return
         if self.pipeline is None or self.source is None or self._source_done:
-            self._stop.wait(IDLE_SLEEP_S)
+            self._idle(IDLE_SLEEP_S)
             return
         self._pace()
         limit = self.cfg.source.max_frames
@@ -422,12 +427,23 @@ class Agent:
             self.link.publish(f"{self.topics.prefix}/{self.topics.device}/snapshot", jpeg.tobytes(), qos=0)
             self._answer_cmd(name, True, "snapshot published", bytes=int(jpeg.size))
 
+    def _idle(self, seconds: float) -> None:
+        """Wait (for the frame pacing, or while degraded) while still draining the outbox, so a
+        backlog is not held to the frame rate."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            handed = self.sender.pump() if self.outbox.has_waiting() else 0
+            self._stop.wait(min(left, 0.002 if handed else 0.02))
+
     def _pace(self) -> None:
         fps = self.cfg.source.fps
         if fps:
             wait = self._last_frame_at + 1.0 / fps - time.monotonic()
             if wait > 0:
-                self._stop.wait(wait)
+                self._idle(wait)
         self._last_frame_at = time.monotonic()
 
     def _handle(self, frame: Frame) -> None:
@@ -575,6 +591,8 @@ class Agent:
     def _shutdown(self) -> None:
         for ev in self.events.flush():
             self._publish_event(ev)
+        if self._overflowed:
+            self._report_overflow()  # kept in the outbox for the next start if the broker is away
         self._publish_stats()
         if self.source is not None:
             self.source.close()

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 
 RECONNECT_MIN_S = 1
-RECONNECT_MAX_S = 60
+RECONNECT_MAX_S = 30  # a device back on the network should not wait a minute for its next try
 # CONNACK reason codes that mean "wrong or missing credentials" (MQTT 5; 3.1.1's 4 and 5 map to these)
 _AUTH_CODES = (134, 135)  # Bad user name or password, Not authorized
 

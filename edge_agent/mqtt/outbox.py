@@ -84,6 +84,10 @@ class Outbox:
         self._db: sqlite3.Connection | None = None
         self._mem: dict[int, Row] = {}  # rows waiting while the disk cannot be written
         self._acked_unremoved: set[int] = set()  # on disk, acknowledged, not yet deletable
+        # rows handed to the broker link, not yet acknowledged (id → size, kept by the sender):
+        # never dropped, since paho holds its own copy and delivers it after a reconnect anyway,
+        # and not counted against the bound (at most the sender's window of them)
+        self.in_flight: dict[int, int] = {}
         self._seqs: dict[str, int] = {}
         self._dirty_seqs: set[str] = set()
         self._jumped: set[str] = set()
@@ -91,6 +95,7 @@ class Outbox:
         self._next_id = 1
         self.storage_error: str | None = None
         self.recovered_unclean = False
+        self._opened = False  # once opened, a reopen (after a storage error) is no crash recovery
         if path is not None:
             self._open_disk()
         else:
@@ -99,6 +104,7 @@ class Outbox:
     # ---- disk ---------------------------------------------------------------------------
     def _open_disk(self) -> None:
         assert self.path is not None
+        db: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # one thread at a time (the agent's loop), though not always the one that built it
@@ -122,12 +128,17 @@ class Outbox:
             # numbers handed out while the disk was away (memory mode) are kept: never go back
             for topic, seq in db.execute("SELECT topic, seq FROM seqs").fetchall():
                 self._seqs[topic] = max(seq, self._seqs.get(topic, 0))
-            clean = db.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()
-            self.recovered_unclean = clean is not None and clean[0] != "1"
+            if not self._opened:
+                clean = db.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()
+                self.recovered_unclean = clean is not None and clean[0] != "1"
             db.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
             self._db = db
+            self._opened = True
             self.storage_error = None
         except (sqlite3.Error, OSError) as err:
+            if db is not None:  # opened, then failed (a full or read-only disk): no leaked handle
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
             self._fail(f"cannot open the outbox {self.path}: {err}")
 
     def _fail(self, message: str) -> None:
@@ -212,15 +223,21 @@ class Outbox:
         self._dirty_seqs.clear()
 
     # ---- queue --------------------------------------------------------------------------
-    def put(self, topic: str, make_payload: Callable[[int], dict[str, Any]], *, qos: int, kind: str) -> Put:
-        """Store one message; its payload is made with the topic's next seq."""
+    def put(
+        self, topic: str, make_payload: Callable[[int], dict[str, Any]], *, qos: int, kind: str, evict: bool = True
+    ) -> Put:
+        """Store one message; its payload is made with the topic's next seq.
+
+        `evict=False` stores it without pushing anything out (the one notice that says how many
+        events were dropped): the bound is exceeded by that row until the next put makes room.
+        """
         seq = self._seqs.get(topic, 0) + 1
         payload = encode(make_payload(seq))
         row = Row(self._next_id, topic, payload, qos, kind, self._clock())
-        dropped_events, dropped_results = self._make_room(row.size, kind)
+        dropped_events, dropped_results = self._make_room(row.size, kind) if evict else (0, 0)
         self._next_id += 1
         self._seqs[topic] = seq
-        if kind == "result" and self._bytes + row.size > self.max_bytes:
+        if kind == "result" and evict and self._waiting() + row.size > self.max_bytes:
             # only events left, and a result may not push one out: this result is the one dropped
             # (its seq is spent, so the consumer sees the gap)
             if self._db is not None:
@@ -243,9 +260,13 @@ class Outbox:
         self._bytes += row.size
         return Put(seq, dropped_events, dropped_results)
 
+    def _waiting(self) -> int:
+        """The bytes counted against the bound: all but those handed to the link."""
+        return self._bytes - sum(self.in_flight.values())
+
     def _make_room(self, size: int, kind: str) -> tuple[int, int]:
         dropped_events = dropped_results = 0
-        while self._bytes + size > self.max_bytes:
+        while self._waiting() + size > self.max_bytes:
             victim = self._oldest("result") or (self._oldest("event") if kind == "event" else None)
             if victim is None:
                 break  # a result may not push out an event: it is itself the oldest result
@@ -257,14 +278,17 @@ class Outbox:
         return dropped_events, dropped_results
 
     def _oldest(self, kind: str) -> Row | None:
+        """The oldest row of a kind that may be dropped (not one handed to the link)."""
         candidates: list[Row] = []
         if self._db is not None:
-            r = self._db.execute(
-                "SELECT id, topic, payload, qos, kind, created FROM outbox WHERE kind = ? ORDER BY id LIMIT 1", (kind,)
-            ).fetchone()
-            if r is not None:
-                candidates.append(Row(*r))
-        candidates += [r for r in self._mem.values() if r.kind == kind][:1]
+            for r in self._db.execute(
+                "SELECT id, topic, payload, qos, kind, created FROM outbox WHERE kind = ? ORDER BY id LIMIT ?",
+                (kind, len(self.in_flight) + 1),
+            ):
+                if r[0] not in self.in_flight:
+                    candidates.append(Row(*r))
+                    break
+        candidates += [r for r in self._mem.values() if r.kind == kind and r.id not in self.in_flight][:1]
         return min(candidates, key=lambda r: r.id) if candidates else None
 
     def _remove(self, row: Row) -> None:
@@ -296,11 +320,16 @@ class Outbox:
             self._bytes -= size
             return
         try:
-            self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            if self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,)).rowcount == 0:
+                return  # dropped meanwhile: its bytes were already given back
         except sqlite3.Error as err:
             self._fail(f"outbox write failed: {err}")
             self._acked_unremoved.add(row_id)
         self._bytes -= size
+
+    def has_waiting(self) -> bool:
+        """Cheap: whether rows wait to be handed to the link (no query)."""
+        return self._waiting() > 0
 
     def depth(self) -> Depth:
         count = len(self._mem)

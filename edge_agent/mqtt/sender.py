@@ -13,6 +13,8 @@ import queue
 import time
 from dataclasses import dataclass
 
+from paho.mqtt.enums import MQTTErrorCode
+
 from edge_agent.mqtt.link import MqttLink
 from edge_agent.mqtt.outbox import Outbox, Row
 
@@ -46,6 +48,7 @@ class OutboxSender:
                 return
             item = self._inflight.pop(mid, None)
             if item is not None:
+                self.outbox.in_flight.pop(item.row.id, None)
                 self.outbox.ack(item.row.id, item.row.size)
 
     def pump(self) -> int:
@@ -56,7 +59,7 @@ class OutboxSender:
         now = time.monotonic()
         stale = [mid for mid, f in self._inflight.items() if now - f.since > self.resend_after_s]
         for mid in stale:
-            del self._inflight[mid]
+            self.outbox.in_flight.pop(self._inflight.pop(mid).row.id, None)
         room = self.window - len(self._inflight)
         if room <= 0:
             return 0
@@ -64,10 +67,14 @@ class OutboxSender:
         handed = 0
         for row in self.outbox.pending(exclude=busy, limit=room):
             info = self.link.client.publish(row.topic, row.payload, qos=row.qos)
-            if info.rc != 0:
-                break  # the link went down meanwhile: the row stays pending
-            self._inflight[info.mid] = _InFlight(row, now)
-            handed += 1
+            # QoS 1/2 without a connection: paho keeps the message and sends it after reconnecting
+            kept = info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and row.qos > 0
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or kept:
+                self._inflight[info.mid] = _InFlight(row, now)
+                self.outbox.in_flight[row.id] = row.size
+                handed += 1
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break  # the link went down meanwhile: the rest stays pending
         self.sent += handed
         self._collect_acks()
         return handed

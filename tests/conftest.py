@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mqtt_helpers import Collector, device_id
 
 from edge_agent.broker import LocalBroker, free_port, start_mosquitto
 
@@ -41,3 +42,17 @@ def mosquitto() -> Iterator[LocalBroker]:
     broker = start_mosquitto(free_port())
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def device(request: pytest.FixtureRequest) -> str:
+    """A device id unique to the test, so that tests sharing a broker never see each other."""
+    return device_id(request.node.name)
+
+
+@pytest.fixture
+def col(mosquitto: LocalBroker, device: str) -> Iterator[Collector]:
+    """Everything the agent publishes on edge/<device>/#, recorded from before it starts."""
+    c = Collector(mosquitto.port, f"edge/{device}/#")
+    yield c
+    c.close()

@@ -15,14 +15,13 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from conftest import INTERPRETER
-from mqtt_helpers import AgentProcess, Collector, device_id, retained, run_agent, write_config
+from mqtt_helpers import AgentProcess, Collector, retained, run_agent, write_config
 
 from edge_agent.broker import LocalBroker
 
@@ -51,19 +50,6 @@ def truth_of(source: str) -> int:
 
 def read_labels(path: Path) -> list[str]:
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-
-
-@pytest.fixture
-def device(request: pytest.FixtureRequest) -> str:
-    return device_id(request.node.name)
-
-
-@pytest.fixture
-def col(mosquitto: LocalBroker, device: str) -> Iterator[Collector]:
-    """Everything the agent publishes, recorded from before it starts."""
-    c = Collector(mosquitto.port, f"edge/{device}/#")
-    yield c
-    c.close()
 
 
 def assert_clean_finish(proc: Any, col: Collector) -> None:

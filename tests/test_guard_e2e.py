@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import INTERPRETER
-from mqtt_helpers import REPO, AgentProcess, Collector, device_id, retained, run_agent, subprocess_env, write_config
+from mqtt_helpers import REPO, AgentProcess, Collector, retained, run_agent, subprocess_env, write_config
 
 from edge_agent.broker import LocalBroker
 
@@ -39,18 +38,6 @@ TWENTY_FRAMES = "00[01]?_*.png"  # 0000..0019
 
 
 # ---- fixtures and helpers ------------------------------------------------------------------
-@pytest.fixture
-def device(request: pytest.FixtureRequest) -> str:
-    return device_id(request.node.name)
-
-
-@pytest.fixture
-def col(mosquitto: LocalBroker, device: str) -> Iterator[Collector]:
-    c = Collector(mosquitto.port, f"edge/{device}/#")
-    yield c
-    c.close()
-
-
 @pytest.fixture(scope="module")
 def manifest(bundled: Path) -> dict[str, Any]:
     return json.loads((bundled / "manifest.json").read_text())["models"]  # type: ignore[no-any-return]

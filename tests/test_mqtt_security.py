@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from certs import SecureBroker, start_secure_mosquitto
 from conftest import INTERPRETER
-from mqtt_helpers import AgentProcess, Collector, Message, device_id, run_agent, write_config
+from mqtt_helpers import AgentProcess, Collector, Message, run_agent, write_config
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.broker import LocalBroker, free_port, start_mosquitto
@@ -39,11 +39,6 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     broker = start_secure_mosquitto(tmp_path_factory.mktemp("secure-broker"), user=USER, password=PASSWORD)
     yield broker
     broker.stop()
-
-
-@pytest.fixture
-def device(request: pytest.FixtureRequest) -> str:
-    return device_id(request.node.name)
 
 
 class SecureCollector(Collector):

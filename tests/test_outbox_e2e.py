@@ -26,7 +26,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import INTERPRETER
-from mqtt_helpers import AgentProcess, device_id, write_config
+from mqtt_helpers import AgentProcess, write_config
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.broker import LocalBroker, free_port, start_mosquitto
@@ -88,11 +88,6 @@ def broker() -> Iterator[Broker]:
     b = Broker()
     yield b
     b.stop()
-
-
-@pytest.fixture
-def device(request: pytest.FixtureRequest) -> str:
-    return device_id(request.node.name)
 
 
 # ---- a subscriber that survives broker restarts ------------------------------------------------

@@ -11,7 +11,6 @@ import csv
 import json
 import signal
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from conftest import INTERPRETER
 from jsonschema import Draft202012Validator
-from mqtt_helpers import AgentProcess, Collector, Message, device_id, run_agent, write_config
+from mqtt_helpers import AgentProcess, Collector, Message, run_agent, write_config
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.broker import LocalBroker
@@ -123,18 +122,6 @@ def test_schemas_reject_payloads_off_the_contract(name: str, payload: dict[str, 
 
 
 # ---- the real agent ---------------------------------------------------------------------------
-@pytest.fixture
-def device(request: pytest.FixtureRequest) -> str:
-    return device_id(request.node.name)
-
-
-@pytest.fixture
-def col(mosquitto: LocalBroker, device: str) -> Iterator[Collector]:
-    c = Collector(mosquitto.port, f"edge/{device}/#")
-    yield c
-    c.close()
-
-
 def _inbound(leaf: str) -> bool:
     """What the test itself sends to the device (the collector's wildcard sees it too)."""
     return leaf == "config/set" or (leaf.startswith("cmd/") and leaf != "cmd/result")

@@ -131,7 +131,7 @@ def assert_no_secret(output: str, messages: list[Message], *secrets_: str) -> No
 
 def stop(agent: AgentProcess) -> None:
     agent.proc.send_signal(signal.SIGTERM)
-    assert agent.wait(15) == 0, agent.output[-3000:]
+    assert agent.wait(30) == 0, agent.output[-3000:]
 
 
 def retained_status(secure: SecureBroker, device: str) -> Any:

@@ -303,9 +303,16 @@ def test_broker_outage_loses_no_event(
         time.sleep(OUTAGE_S - 0.5)  # faults keep occurring: 20 events a second into the outbox
         assert agent.running(), agent.output[-4000:]
         mark = rec.mark()  # nothing can arrive while the broker is down
-        broker.start()
-        up_at = time.monotonic()
-        rec.wait_subscribed(subscribed)
+        # the recorder must be back before the agent, or what the agent sends first is missed:
+        # hold the agent still (SIGSTOP) until the recorder has resubscribed, so that the race
+        # between the two reconnect loops cannot decide the test
+        agent.proc.send_signal(signal.SIGSTOP)
+        try:
+            broker.start()
+            up_at = time.monotonic()
+            rec.wait_subscribed(subscribed)
+        finally:
+            agent.proc.send_signal(signal.SIGCONT)
 
         online = rec.status(None, RECONNECT_TIMEOUT_S, start=mark)  # announced on every connect
         # live, not the retained copy: the recorder was subscribed before the agent came back
@@ -409,8 +416,12 @@ def test_full_outbox_drops_results_before_events_and_counts(
                 biggest_wal = max(biggest_wal, wal.stat().st_size)
             time.sleep(0.1)
         mark = rec.mark()
-        broker.start()
-        rec.wait_subscribed(subscribed)
+        agent.proc.send_signal(signal.SIGSTOP)  # the recorder first (see the outage test)
+        try:
+            broker.start()
+            rec.wait_subscribed(subscribed)
+        finally:
+            agent.proc.send_signal(signal.SIGCONT)
         online = rec.status(None, RECONNECT_TIMEOUT_S, start=mark)  # announced on every connect
         assert not online.retain, "the agent reconnected before the recorder"
         rec.stats(lambda s: s["broker_connected"] and s["outbox"]["depth"] <= 5, 30, "the outbox drained", start=mark)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import socket
 import ssl
 import threading
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 
 RECONNECT_MIN_S = 1
+RECONNECT_JITTER_S = 2.0
 RECONNECT_MAX_S = 30  # a device back on the network should not wait a minute for its next try
 # CONNACK reason codes that mean "wrong or missing credentials" (MQTT 5; 3.1.1's 4 and 5 map to these)
 _AUTH_CODES = (134, 135)  # Bad user name or password, Not authorized
@@ -70,8 +72,13 @@ class _Client(mqtt.Client):
 
     before_connect: Callable[[], None] | None = None
     connect_failed: Callable[[OSError], None] | None = None
+    # set after a failed attempt, cleared on connect: a random pause before each retry, so that
+    # a fleet whose broker restarts does not come back in one synchronized wave
+    jitter_max_s: float = 0.0
 
     def reconnect(self) -> MQTTErrorCode:
+        if self.jitter_max_s > 0:
+            time.sleep(random.uniform(0.0, self.jitter_max_s))
         try:
             if self.before_connect is not None:
                 self.before_connect()
@@ -195,6 +202,7 @@ class MqttLink:
         """An attempt failed: count it, and log the cause once per outage."""
         self._failed_attempts += 1
         self._attempt_failed = True
+        self.client.jitter_max_s = RECONNECT_JITTER_S
         self._note(cause)
 
     def _note(self, cause: str) -> None:
@@ -217,6 +225,7 @@ class MqttLink:
             self._fail(f"the broker at {self._where} refused the connection: {reason}{hint}")
             return
         self._connected.set()
+        self.client.jitter_max_s = 0.0
         if self._down_since is not None and self.last_error is not None:
             self.outage = Outage(self.last_error, self._failed_attempts, time.monotonic() - self._down_since)
             log.info(
@@ -290,6 +299,7 @@ class MqttLink:
         self._connected.clear()
         if not getattr(reason, "is_failure", False):
             return  # our own disconnect
+        self.client.jitter_max_s = RECONNECT_JITTER_S  # a broker restart: do not all return at once
         if was_connected:
             self._note(f"lost the link to the broker at {self._where} ({reason})")
         elif not self._attempt_failed:

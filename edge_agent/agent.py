@@ -34,6 +34,7 @@ from edge_agent.mqtt.topics import Topics
 from edge_agent.pipeline import Fault, Inference, Pipeline, Skipped
 from edge_agent.runtime.backends import select_backend
 from edge_agent.runtime.loader import load_model
+from edge_agent.service import Notifier
 from edge_agent.sources import FrameSource, SourceProblem, open_source
 from edge_agent.sources.base import Frame
 from edge_agent.stats import Stats
@@ -102,6 +103,11 @@ class Agent:
         self._outages: queue.SimpleQueue[Outage] = queue.SimpleQueue()
         self.link.on_connected.append(self._on_link_connected)
         self.sender = OutboxSender(self.outbox, self.link)
+        self.notifier = Notifier()
+        self._selftest_ok = False
+        self._last_inference_at = -1e18
+        self._next_ping = 0.0
+        self._watchdog_off = False
 
     # ---- status -------------------------------------------------------------------------
     def _status_payload(self, state: str) -> dict[str, Any]:
@@ -212,6 +218,8 @@ class Agent:
             return
         for w in pipeline.warnings:
             log.warning("%s", w)
+        # systemd hears READY only after a self-test inference passed the guard
+        self._selftest_ok = isinstance(outcome, Inference)
         if isinstance(outcome, Fault):
             self.raise_event(
                 outcome.fault.kind, "error", f"self-test inference: {outcome.fault.message}", outcome.fault.detail
@@ -283,9 +291,11 @@ class Agent:
         self.sender.pump()
         if self._overflowed and self.link.connected:
             self._report_overflow()
+        self._watchdog(now)
         self._storage_housekeeping(now)
         if now >= self._next_stats:
             self._publish_stats()
+            self.notifier.status(self._status_text())
             self.outbox.save_seqs()
             self._next_stats = now + self.cfg.service.stats_interval_s
         self._raise_broker_errors()
@@ -427,6 +437,28 @@ class Agent:
             self.link.publish(f"{self.topics.prefix}/{self.topics.device}/snapshot", jpeg.tobytes(), qos=0)
             self._answer_cmd(name, True, "snapshot published", bytes=int(jpeg.size))
 
+    def _watchdog(self, now: float) -> None:
+        """WATCHDOG=1 at half of WATCHDOG_USEC, only while frames really flow through inference
+        (or the agent is idle by design: paused, source finished, no model yet). A hung invoke or
+        capture blocks this loop, so the pings stop and systemd restarts the service."""
+        interval = self.notifier.watchdog_interval_s
+        if interval is None or self._watchdog_off or now < self._next_ping:
+            return
+        fps = self.cfg.source.fps
+        window = max(2 * interval, 3.0 / fps if fps else 0.0)
+        flowing = now - self._last_inference_at <= window
+        idle_by_design = self.paused or self._source_done or self.pipeline is None or self.source is None
+        if flowing or idle_by_design:
+            self.notifier.watchdog()
+            self._next_ping = now + interval
+
+    def _status_text(self) -> str:
+        p = self.pipeline
+        model = f"{p.model.name} ({p.model.delegate})" if p is not None else "no model"
+        avg_fps = self.stats.frames / max(time.monotonic() - self.stats.started, 1e-6)
+        broker = "broker connected" if self.link.connected else "broker unreachable"
+        return f"{self.state}; {model}; {avg_fps:.1f} fps average; {broker}; outbox {self.outbox.depth().count}"
+
     def _idle(self, seconds: float) -> None:
         """Wait (for the frame pacing, or while degraded) while still draining the outbox, so a
         backlog is not held to the frame rate."""
@@ -436,6 +468,7 @@ class Agent:
             if left <= 0:
                 return
             handed = self.sender.pump() if self.outbox.has_waiting() else 0
+            self._watchdog(time.monotonic())
             self._stop.wait(min(left, 0.002 if handed else 0.02))
 
     def _pace(self) -> None:
@@ -458,6 +491,11 @@ class Agent:
             )
             self._escalate(self.escalation.fault())
             return
+        self._last_inference_at = time.monotonic()
+        # a real frame that passes the guard proves as much as the self-test did
+        self._selftest_ok = self._selftest_ok or isinstance(outcome, Inference)
+        if self._selftest_ok and not self.notifier.ready_sent:
+            self.notifier.ready(self._status_text())
         if isinstance(outcome, Skipped):
             # a skipped frame carries the same evidence as a fault: the frame as received, the model
             self.raise_event(outcome.kind, "warning", outcome.message, self._evidence(frame, outcome.detail))
@@ -511,6 +549,7 @@ class Agent:
                 "service manager restarts the agent",
             )
             self.exit_code = EXIT_RESTART
+            self._watchdog_off = True  # no more pings: systemd's watchdog backs the request up
             self.stop()
             return
         if action == "fallback" and not self.cfg.model.fallback_path:
@@ -589,6 +628,7 @@ class Agent:
         self.link.publish(self.topics.stats, snap, qos=0, retain=True)
 
     def _shutdown(self) -> None:
+        self.notifier.stopping()
         for ev in self.events.flush():
             self._publish_event(ev)
         if self._overflowed:

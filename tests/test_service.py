@@ -1,0 +1,175 @@
+"""systemd's notify protocol against a real AF_UNIX datagram socket as $NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BUNDLED, INTERPRETER
+from mqtt_helpers import agent_command, subprocess_env, write_config
+
+from edge_agent.broker import LocalBroker
+from edge_agent.service import Notifier
+
+WATCHDOG_USEC = 600_000  # pings every 0.3 s
+FEATURES = ("age", "bmi", "bp", "s5")
+
+
+class NotifySocket:
+    """What systemd would receive: every datagram, with its arrival time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.got: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.got.append((time.monotonic(), data.decode()))
+
+    def lines(self) -> list[tuple[float, str]]:
+        return [(t, ln) for t, msg in list(self.got) for ln in msg.split("\n")]
+
+    def wait_for(self, line: str, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for t, ln in self.lines():
+                if ln == line:
+                    return t
+            time.sleep(0.02)
+        raise AssertionError(f"no {line!r} within {timeout} s; got {self.lines()[-10:]}")
+
+    def pings(self, after: float, before: float) -> int:
+        return sum(1 for t, ln in self.lines() if ln == "WATCHDOG=1" and after <= t < before)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifySocket]:
+    s = NotifySocket(tmp_path / "notify.sock")
+    yield s
+    s.close()
+
+
+def start(cfg: Path, notify: NotifySocket) -> subprocess.Popen[bytes]:
+    env = {**subprocess_env(), "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+    log = cfg.with_suffix(".log").open("wb")
+    return subprocess.Popen(agent_command(cfg), env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def sensor_sections(csv_path: Path) -> dict[str, dict[str, object]]:
+    feats = {
+        f["name"]: f
+        for f in json.loads((BUNDLED / "manifest.json").read_text())["models"]["sensor"]["transform"]["features"]
+    }
+    return {
+        "source": {"kind": "csv", "path": str(csv_path)},
+        "model": {"path": str(BUNDLED / "sensor.tflite"), "task": "regression", "interpreter": INTERPRETER},
+        "preprocess": {"features": [{"name": n, "mean": feats[n]["mean"], "std": feats[n]["std"]} for n in FEATURES]},
+    }
+
+
+def test_notifier_is_a_no_op_outside_systemd() -> None:
+    n = Notifier({})
+    assert not n.enabled and n.watchdog_interval_s is None
+    assert n.send("READY=1") is False
+    assert Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}).watchdog_interval_s is None  # not our pid
+    assert Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid())}).watchdog_interval_s == 0.5
+    assert Notifier({"NOTIFY_SOCKET": "@abstract"}).address == "\0abstract"
+
+
+def test_ready_status_watchdog_hang_and_stopping(
+    tmp_path: Path, notify: NotifySocket, mosquitto: LocalBroker, device: str
+) -> None:
+    """A sensor feed through a FIFO: rows flow (pings), then the writer goes quiet while keeping
+    the pipe open — a capture that hangs for real — and the pings stop; rows again, pings again."""
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    cfg = write_config(tmp_path, device=device, port=mosquitto.port, sections=sensor_sections(fifo))
+    proc = start(cfg, notify)
+    try:
+        with fifo.open("w") as feed:  # blocks until the agent opens the pipe
+            feed.write(",".join(FEATURES) + "\n")
+            feed.flush()
+            assert not [ln for _, ln in notify.lines() if ln == "READY=1"], "READY before any frame went through"
+
+            def rows(n: int) -> None:
+                for i in range(n):
+                    feed.write(f"{50 + i % 20},{25.0 + i % 7},{90 + i % 11},{4.5}\n")
+                    feed.flush()
+                    time.sleep(0.05)
+
+            rows(10)
+            ready_at = notify.wait_for("READY=1", 20)
+            status = [ln for _, ln in notify.lines() if ln.startswith("STATUS=")]
+            assert status and "sensor.tflite (cpu)" in status[0], status
+            rows(40)  # 2 s of frames: pings every 0.3 s
+            t1 = time.monotonic()
+            assert notify.pings(ready_at, t1) >= 4, notify.lines()[-20:]
+            # the feed goes quiet, the pipe stays open: the source blocks in read()
+            time.sleep(1.5)  # the last pings of the flowing period may still come
+            quiet_from = time.monotonic()
+            time.sleep(2.0)
+            assert notify.pings(quiet_from, time.monotonic()) == 0, "pings went on while capture hung"
+            rows(20)  # frames flow again: so do the pings
+            assert notify.pings(quiet_from + 2.0, time.monotonic() + 0.01) >= 1
+        # the writer closed: the source is finished, idle by design, pings go on
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    notify.wait_for("STOPPING=1", 5)
+    out = cfg.with_suffix(".log").read_text(errors="replace")
+    assert "Traceback" not in out, out[-3000:]
+
+
+def test_no_ready_when_the_self_test_fails(
+    tmp_path: Path, notify: NotifySocket, mosquitto: LocalBroker, device: str
+) -> None:
+    """nan_prone fed raw pixels fails its self-test: systemd must never hear READY."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for f in sorted((BUNDLED / "digits_frames").glob("*.png"))[:5]:
+        (frames / f.name).write_bytes(f.read_bytes())
+    sections = {
+        "source": {"kind": "images", "path": str(frames), "loop": True, "fps": 20},
+        "model": {"path": str(BUNDLED / "nan_prone.tflite"), "interpreter": INTERPRETER},
+        "guard": {"on_persistent_fault": "none"},
+    }
+    cfg = write_config(tmp_path, device=device, port=mosquitto.port, sections=sections)
+    proc = start(cfg, notify)
+    try:
+        time.sleep(4)
+        assert proc.poll() is None
+        assert not [ln for _, ln in notify.lines() if ln == "READY=1"], notify.lines()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

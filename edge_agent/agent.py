@@ -23,8 +23,8 @@ import numpy as np
 
 from edge_agent import __version__
 from edge_agent.commands import COMMANDS, Inbox, Request
-from edge_agent.config import AgentConfig
-from edge_agent.errors import ModelError, SourceError
+from edge_agent.config import AgentConfig, load_config
+from edge_agent.errors import ConfigError, ModelError, SourceError
 from edge_agent.escalation import Escalation
 from edge_agent.events import Event, EventMerger, Severity
 from edge_agent.mqtt.link import MqttLink, Outage
@@ -65,8 +65,16 @@ class ModelStamp:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, *, on_result: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        on_result: Callable[[dict[str, Any]], None] | None = None,
+        config_path: str | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.config_path = config_path  # re-read on SIGHUP
+        self._reload_requested = False
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id)
         self.stats = Stats()
         self.events = EventMerger(cfg.guard.event_interval_s)
@@ -264,6 +272,67 @@ class Agent:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+        def hup(_signum: int, _frame: Any) -> None:
+            self._reload_requested = True  # acted on between two frames, not inside the handler
+
+        signal.signal(signal.SIGHUP, hup)
+
+    def _reload(self) -> None:
+        """SIGHUP: re-read the config file. An invalid file is logged and the running config kept;
+        parts that cannot change without a restart (the broker link, the device id) are named."""
+        self._reload_requested = False
+        if self.config_path is None:
+            log.warning("SIGHUP: no config file to re-read")
+            return
+        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as err:
+                msg = f"config reload from {self.config_path} failed, keeping the running config: " + "; ".join(
+                    err.problems
+                )
+                self.raise_event("config_rejected", "warning", msg, {"problems": err.problems})
+                return
+            kept = [name for name in ("mqtt", "device") if getattr(new, name) != getattr(self.cfg, name)]
+            if kept:
+                log.warning(
+                    "config reload: [%s] changed; that takes a restart, the running values are kept", ", ".join(kept)
+                )
+                new = new.model_copy(update={"mqtt": self.cfg.mqtt, "device": self.cfg.device})
+            pipeline = self.pipeline
+            if self.pipeline is not None and any(
+                getattr(new, s) != getattr(self.cfg, s) for s in ("model", "preprocess", "postprocess", "guard")
+            ):
+                try:
+                    pipeline = Pipeline.load(new)  # built first: a failure changes nothing
+                except ModelError as err:
+                    self.raise_event(
+                        "config_rejected",
+                        "warning",
+                        f"config reload: the new model cannot be used, keeping the running config: {err}",
+                    )
+                    return
+            if new.source != self.cfg.source and self.source is not None:
+                self.source.close()
+                self.source = None
+                self._source_done = False
+                self._next_source_try = 0.0
+            self.cfg = new
+            self.pipeline = pipeline
+            self._next_model_try = 0.0
+            for ev in self.events.flush():
+                self._publish_event(ev)
+            self.events = EventMerger(new.guard.event_interval_s)
+            g = new.guard
+            self.escalation = Escalation(
+                degrade_after=g.degrade_after, act_after=g.act_after, recover_after=g.recover_after
+            )
+            logging.getLogger().setLevel(getattr(logging, new.service.log_level.upper(), logging.INFO))
+            log.info("config reloaded from %s", self.config_path)
+        finally:
+            self.notifier.send("READY=1", f"STATUS={self._status_text()}")
+
     def run(self) -> int:
         try:
             backend = select_backend(self.cfg.model.interpreter)
@@ -284,6 +353,8 @@ class Agent:
 
     def _step(self) -> None:
         now = time.monotonic()
+        if self._reload_requested:
+            self._reload()
         if self.source is None:
             self._try_open_source(now)
         if self.pipeline is None:

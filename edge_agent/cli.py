@@ -71,7 +71,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not isinstance(cfg, AgentConfig):
         return rc
     _setup_logging(cfg.service.log_level)
-    agent = Agent(cfg)
+    from edge_agent.config import config_path_from_env  # noqa: PLC0415
+
+    agent = Agent(cfg, config_path=config_path_from_env(args.config))
     agent.install_signal_handlers()
     return agent.run()
 

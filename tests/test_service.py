@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BUNDLED, INTERPRETER
-from mqtt_helpers import agent_command, subprocess_env, write_config
+from mqtt_helpers import Collector, agent_command, subprocess_env, write_config
 
 from edge_agent.broker import LocalBroker
 from edge_agent.service import Notifier
@@ -167,6 +167,39 @@ def test_no_ready_when_the_self_test_fails(
         time.sleep(4)
         assert proc.poll() is None
         assert not [ln for _, ln in notify.lines() if ln == "READY=1"], notify.lines()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_sighup_rereads_the_config_and_keeps_the_old_one_when_broken(
+    tmp_path: Path, notify: NotifySocket, mosquitto: LocalBroker, device: str, col: Collector
+) -> None:
+    imagenet = {"scale": 1 / 255, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    sections: dict[str, dict[str, object]] = {
+        "source": {"kind": "images", "path": str(BUNDLED / "digits_frames"), "loop": True, "fps": 20},
+        "model": {"path": str(BUNDLED / "digits_float.tflite"), "interpreter": INTERPRETER},
+        "preprocess": imagenet,
+        "postprocess": {"top_k": 1},
+    }
+    cfg = write_config(tmp_path, device=device, port=mosquitto.port, sections=sections)
+    proc = start(cfg, notify)
+    try:
+        col.wait_for(lambda m: m.leaf == "results" and len(m.payload["top"]) == 1, 30, "a top-1 result")
+        good = cfg.read_text()
+        cfg.write_text(good.replace("top_k = 1", "top_k = 70000"))  # invalid
+        proc.send_signal(signal.SIGHUP)
+        ev = col.wait_for(lambda m: m.leaf == "events" and m.payload["kind"] == "config_rejected", 15, "the rejection")
+        assert "postprocess.top_k" in ev.payload["message"] and "keeping the running config" in ev.payload["message"]
+        mark = len(col.snapshot())
+        col.wait_for(lambda m: m.leaf == "results" and len(m.payload["top"]) == 1, 10, "results go on", start=mark)
+        cfg.write_text(good.replace("top_k = 1", "top_k = 3"))
+        proc.send_signal(signal.SIGHUP)
+        col.wait_for(lambda m: m.leaf == "results" and len(m.payload["top"]) == 3, 15, "top-3 results after the reload")
+        assert [ln for _, ln in notify.lines() if ln == "RELOADING=1"], notify.lines()[-10:]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:

@@ -151,7 +151,11 @@ class Agent:
     def _publish_event(self, ev: Event) -> None:
         # logged as published: a fault storm is merged in the log as on the events topic
         log.log(
-            logging.ERROR if ev.severity in ("error", "critical") else logging.WARNING, "%s: %s", ev.kind, ev.message
+            logging.ERROR if ev.severity in ("error", "critical") else logging.WARNING,
+            "%s: %s",
+            ev.kind,
+            ev.message,
+            extra={"event_kind": ev.kind},  # a field of its own in the journal
         )
         self._enqueue(self.topics.events, ev.payload, qos=self.cfg.mqtt.events_qos, kind="event")
 

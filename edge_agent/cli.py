@@ -60,7 +60,9 @@ def _load_or_exit(path: str | None) -> tuple[object | None, int]:
 
 
 def _setup_logging(level: str) -> None:
-    logging.getLogger().setLevel(getattr(logging, level.upper(), logging.INFO))
+    from edge_agent.logs import setup_logging  # noqa: PLC0415
+
+    setup_logging(level)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

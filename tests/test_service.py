@@ -17,6 +17,7 @@ from conftest import BUNDLED, INTERPRETER
 from mqtt_helpers import Collector, agent_command, subprocess_env, write_config
 
 from edge_agent.broker import LocalBroker
+from edge_agent.logs import _field
 from edge_agent.service import Notifier
 
 WATCHDOG_USEC = 600_000  # pings every 0.3 s
@@ -206,3 +207,36 @@ def test_sighup_rereads_the_config_and_keeps_the_old_one_when_broken(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_journal_fields_when_started_by_systemd(tmp_path: Path, mosquitto: LocalBroker, device: str) -> None:
+    """$JOURNAL_STREAM set: log records go to the journal socket with their fields."""
+    journal = NotifySocket(tmp_path / "journal.sock")  # the same kind of socket: datagrams in
+    try:
+        sections = {"model": {"path": str(tmp_path / "absent.tflite"), "retry_interval_s": 0.5}}
+        cfg = write_config(tmp_path, device=device, port=mosquitto.port, sections=sections)
+        env = {**subprocess_env(), "JOURNAL_STREAM": "8:12345", "EDGE_AGENT_JOURNAL_SOCKET": str(journal.path)}
+        proc = subprocess.Popen(agent_command(cfg), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not any("EVENT_KIND=model_error" in m for _, m in journal.got):
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        record = next(m for _, m in journal.got if "EVENT_KIND=model_error" in m)
+        fields = dict(line.split("=", 1) for line in record.splitlines() if "=" in line)
+        assert fields["PRIORITY"] == "3" and fields["SYSLOG_IDENTIFIER"] == "edge-agent"
+        assert "model file not found" in fields["MESSAGE"] and fields["LOGGER"] == "edge_agent.agent"
+        assert fields["CODE_FUNC"] and fields["CODE_LINE"].isdigit()
+        assert b"model_error" not in err  # nothing doubled on stderr
+    finally:
+        journal.close()
+
+
+def test_journal_field_with_a_newline_uses_the_binary_form() -> None:
+    assert _field("MESSAGE", "one line") == b"MESSAGE=one line\n"
+    assert _field("MESSAGE", "two\nlines") == b"MESSAGE\n" + (9).to_bytes(8, "little") + b"two\nlines\n"

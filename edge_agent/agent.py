@@ -33,7 +33,7 @@ from edge_agent.mqtt.sender import OutboxSender
 from edge_agent.mqtt.topics import Topics
 from edge_agent.pipeline import Fault, Inference, Pipeline, Skipped
 from edge_agent.runtime.backends import select_backend
-from edge_agent.runtime.loader import load_model
+from edge_agent.runtime.worker import open_model
 from edge_agent.service import Notifier
 from edge_agent.sources import FrameSource, SourceProblem, open_source
 from edge_agent.sources.base import Frame
@@ -216,10 +216,13 @@ class Agent:
             return
         self._model_stamp = stamp
         self._next_model_try = now + self.cfg.model.retry_interval_s
+        pipeline = None
         try:
             pipeline = Pipeline.load(self.cfg)
             outcome = pipeline.selftest()
         except ModelError as err:
+            if pipeline is not None:
+                pipeline.close()
             self.raise_event(
                 "model_error",
                 "error",
@@ -236,7 +239,7 @@ class Agent:
             self.raise_event(
                 outcome.fault.kind, "error", f"self-test inference: {outcome.fault.message}", outcome.fault.detail
             )
-        self.pipeline = pipeline
+        self._set_pipeline(pipeline)
         log.info(
             "model %s loaded (%s, sha256 %s, interpreter %s %s, %d threads)",
             pipeline.model.name,
@@ -323,7 +326,7 @@ class Agent:
                 self._source_done = False
                 self._next_source_try = 0.0
             self.cfg = new
-            self.pipeline = pipeline
+            self._set_pipeline(pipeline)
             self._next_model_try = 0.0
             for ev in self.events.flush():
                 self._publish_event(ev)
@@ -495,7 +498,7 @@ class Agent:
             else:
                 self._answer_cmd(name, False, f"self-test skipped: {outcome.message}")
         elif name == "reload":
-            self.pipeline = None
+            self._set_pipeline(None)
             self._next_model_try = 0.0
             self._model_stamp = None
             self._try_load_model(time.monotonic())
@@ -561,8 +564,13 @@ class Agent:
         try:
             outcome = self.pipeline.process(frame)
         except ModelError as err:
+            # an isolated worker that crashed or hung has its own event kinds (it is restarted on the next frame)
+            kind = "inference_crash" if err.reason == "inference_crash_loop" else err.reason
             self.raise_event(
-                "model_error", "error", str(err), {"source": frame.source, "reason": err.reason, **self._model_detail()}
+                kind if kind in ("inference_crash", "inference_hang") else "model_error",
+                "error",
+                str(err),
+                {"source": frame.source, "reason": err.reason, **self._model_detail()},
             )
             self._escalate(self.escalation.fault())
             return
@@ -585,6 +593,12 @@ class Agent:
             self.raise_event(w.kind, w.severity, f"{frame.source}: {w.message}", self._evidence(frame, w.detail))
         self._publish_result(frame, outcome)
         self._escalate(self.escalation.good())
+
+    def _set_pipeline(self, pipeline: Pipeline | None) -> None:
+        """Replace the running pipeline, stopping the old one's inference worker if it has one."""
+        if self.pipeline is not None and self.pipeline is not pipeline:
+            self.pipeline.close()
+        self.pipeline = pipeline
 
     def _model_detail(self) -> dict[str, Any]:
         p = self.pipeline
@@ -642,12 +656,12 @@ class Agent:
                 update={"path": model_cfg.fallback_path, "delegate": "cpu", "sha256": None}
             )
         try:
-            pipeline = Pipeline(self.cfg, load_model(model_cfg))
+            pipeline = Pipeline(self.cfg, open_model(model_cfg))
         except ModelError as err:
             self.raise_event("model_error", "error", f"{action} after {n} consecutive faulty frames failed: {err}")
             return
         old = self.pipeline.model.name
-        self.pipeline = pipeline
+        self._set_pipeline(pipeline)
         kind = "model_fallback" if action == "fallback" else "model_reloaded"
         self.raise_event(
             kind,
@@ -714,5 +728,6 @@ class Agent:
         # what the broker has not acknowledged stays in the outbox for the next start
         self.sender.drain(timeout=3.0)
         self.outbox.close()
+        self._set_pipeline(None)
         self.link.stop()
         log.info("stopped")

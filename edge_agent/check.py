@@ -111,6 +111,13 @@ def run_check(cfg: AgentConfig, samples: list[str], out: Callable[[str], None]) 
     except ModelError as err:
         out(f"model: FAULT: {err}")
         return 1
+    try:
+        return _check_loaded(pipeline, cfg, samples, out)
+    finally:
+        pipeline.close()  # stops an isolated model's worker process
+
+
+def _check_loaded(pipeline: Pipeline, cfg: AgentConfig, samples: list[str], out: Callable[[str], None]) -> int:
     m = pipeline.model
     out(f"model: {m.file.path} (sha256 {m.file.sha256})")
     out(f"interpreter: {m.backend.name} {m.backend.version}, delegate {m.delegate}, {m.threads} threads")

@@ -33,6 +33,7 @@ from edge_agent.preprocess import (
 )
 from edge_agent.runtime.loader import LoadedModel, load_model
 from edge_agent.runtime.tflite_file import labels_from_metadata
+from edge_agent.runtime.worker import WorkerModel, open_model
 from edge_agent.sources.base import Frame
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def _ms(a: float, b: float) -> float:
 
 
 class Pipeline:
-    def __init__(self, cfg: AgentConfig, model: LoadedModel) -> None:
+    def __init__(self, cfg: AgentConfig, model: LoadedModel | WorkerModel) -> None:
         self.cfg = cfg
         self.model = model
         self.task = cfg.model.task
@@ -112,7 +113,14 @@ class Pipeline:
 
     @classmethod
     def load(cls, cfg: AgentConfig) -> Pipeline:
-        return cls(cfg, load_model(cfg.model))
+        return cls(cfg, open_model(cfg.model))
+
+    def close(self) -> None:
+        """Stop an isolated model's worker process (nothing to do for an inline model)."""
+        if isinstance(self.model, WorkerModel):
+            self.model.close()
+        if self._cpu_model is not None:
+            self._cpu_model = None
 
     def _transform(self, info: Any) -> ImageTransform | None:
         if len(info.shape) <= 2 or (self.cfg.preprocess is not None and self.cfg.preprocess.features):
@@ -152,8 +160,8 @@ class Pipeline:
         raw = self.model.interpreter.get_tensor(self.model.inputs[0].index)
         info = self.model.inputs[0]
         if info.is_integer and info.quantized:
-            return (raw.astype(np.float64) - info.zero_point) * info.scale  # type: ignore[no-any-return]
-        return raw  # type: ignore[no-any-return]
+            return (raw.astype(np.float64) - info.zero_point) * info.scale
+        return raw
 
     def _expected_range(self) -> tuple[tuple[float, float] | None, str]:
         """The prepared input's range in training, when something other than our own transform says it."""
@@ -322,5 +330,5 @@ class Pipeline:
         return self.process(frame, stateful=False)
 
 
-def input_stats_of(model: LoadedModel) -> InputStats:
+def input_stats_of(model: LoadedModel | WorkerModel) -> InputStats:
     return InputStats.of(model.interpreter.get_tensor(model.inputs[0].index))

@@ -27,6 +27,12 @@ class ModelConfig(Section):
     on_delegate_error: Literal["fallback", "fail"] = "fallback"
     sha256: str | None = None
     retry_interval_s: float = Field(default=10.0, gt=0, le=3600, description="retry a missing/broken model this often")
+    isolation: Literal["inline", "process"] = Field(
+        default="inline", description='"process": run the interpreter in a child process that may crash or hang'
+    )
+    invoke_timeout_s: float = Field(
+        default=5.0, gt=0, le=600, description='with isolation = "process": a longer invoke() is a hang'
+    )
 
     @field_validator("edgetpu_device")
     @classmethod

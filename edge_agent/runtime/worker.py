@@ -1,0 +1,363 @@
+"""Inference in a child process, so that a crashing or hanging accelerator library cannot take
+the agent down (`[model] isolation = "process"`).
+
+libedgetpu can abort() the whole process on a USB error, or hang inside invoke(). `WorkerModel`
+offers the interface the pipeline uses from `LoadedModel`, but the interpreter lives in a child
+process started with the "spawn" context (the child calls `load_model` itself). Input and output
+tensors are exchanged through `multiprocessing.shared_memory`: the parent's preprocessing writes
+the frame straight into shared memory (no copy on the parent side), the child copies it into its
+input tensor (one memcpy), invokes, and copies each output into shared memory, which the parent
+reads without a copy. invoke() sends one byte over a Pipe and waits for the answer with a deadline:
+
+- the child died (exitcode < 0: SIGABRT, SIGSEGV, ...) → ModelError(reason="inference_crash");
+- no answer within `invoke_timeout_s` → the child is killed, ModelError(reason="inference_hang");
+- the next invoke() restarts the child, after a backoff (0.5 s doubling to 30 s, reset by a
+  successful invoke); more than `restart_limit` restarts within `restart_window_s` →
+  ModelError(reason="inference_crash_loop") until the window has passed.
+
+TEST-ONLY fault hook: the environment variable EDGE_AGENT_TEST_WORKER_FAULT, read in the child
+only, makes the child misbehave on purpose: "abort-after:N" calls os.abort() on the invoke after N
+successful ones, "hang-after:N" sleeps forever there. It exists for the test suite; never set it
+on a device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_agent.config import ModelConfig
+from edge_agent.errors import ModelError
+from edge_agent.runtime.backends import Backend, select_backend
+from edge_agent.runtime.loader import LoadedModel, ModelFile, load_model
+from edge_agent.runtime.tensors import TensorInfo, dequantize
+
+FAULT_ENV = "EDGE_AGENT_TEST_WORKER_FAULT"
+LOAD_TIMEOUT_S = 60.0
+_INVOKE = b"i"
+_QUIT = b"q"
+_OK = b"ok"
+PR_SET_PDEATHSIG = 1
+
+
+def _nbytes(info: TensorInfo) -> int:
+    return max(1, int(np.prod(info.shape, dtype=np.int64)) * np.dtype(info.dtype).itemsize)
+
+
+def _shm_array(shm: SharedMemory, info: TensorInfo) -> npt.NDArray[Any]:
+    return np.ndarray(info.shape, dtype=info.dtype, buffer=shm.buf)
+
+
+def _test_fault() -> tuple[str, int] | None:
+    """The test-only fault hook (see the module docstring)."""
+    spec = os.environ.get(FAULT_ENV, "")
+    kind, _, n = spec.partition(":")
+    if kind in ("abort-after", "hang-after") and n.isdigit():
+        return kind, int(n)
+    return None
+
+
+def _child_main(conn: Connection, cfg: ModelConfig) -> None:  # pragma: no cover - runs in the child
+    """The worker: load the model, attach the shared memory, then answer invoke requests."""
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the parent (or SIGKILL) decides when the worker ends
+        signal.signal(sig, signal.SIG_IGN)
+    if sys.platform == "linux":  # and a worker never outlives its agent, even one killed with SIGKILL
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    try:
+        model = load_model(cfg.model_copy(update={"isolation": "inline"}))
+    except ModelError as err:
+        conn.send(("error", str(err), err.reason))
+        return
+    conn.send(
+        (
+            "ready",
+            model.file,
+            model.backend.name,
+            model.delegate,
+            model.inputs,
+            model.outputs,
+            model.threads,
+            model.notes,
+        )
+    )
+    msg = conn.recv()
+    names_in, names_out = msg
+    shms = [SharedMemory(name=n) for n in (*names_in, *names_out)]
+    ins = [_shm_array(s, i) for s, i in zip(shms[: len(names_in)], model.inputs, strict=True)]
+    outs = [_shm_array(s, o) for s, o in zip(shms[len(names_in) :], model.outputs, strict=True)]
+    interp = model.interpreter
+    in_idx = [i.index for i in model.inputs]
+    out_idx = [o.index for o in model.outputs]
+    fault = _test_fault()
+    done = 0
+    conn.send(("attached",))
+    while True:
+        try:
+            cmd = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if cmd == _QUIT:
+            return
+        if fault is not None and done >= fault[1]:
+            if fault[0] == "abort-after":
+                os.abort()
+            time.sleep(1e9)
+        try:
+            for idx, src in zip(in_idx, ins, strict=True):
+                np.copyto(interp.tensor(idx)(), src)
+            model.invoke()
+            for idx, dst in zip(out_idx, outs, strict=True):
+                view = interp.tensor(idx)()
+                if view.shape != dst.shape:
+                    raise ModelError(
+                        f"model {model.name}: output shape {view.shape} differs from {dst.shape}; "
+                        'dynamic output shapes need isolation = "inline"',
+                        reason="invoke_failed",
+                    )
+                np.copyto(dst, view)
+                del view
+        except ModelError as err:
+            conn.send_bytes(json.dumps(["error", str(err), err.reason]).encode())
+            continue
+        done += 1
+        conn.send_bytes(_OK)
+
+
+class _TensorReader:
+    """The part of the interpreter API the pipeline, the guard and `check` use: get_tensor()."""
+
+    def __init__(self, owner: WorkerModel) -> None:
+        self._owner = owner
+
+    def get_tensor(self, index: int) -> npt.NDArray[Any]:
+        o = self._owner
+        for info, arr in (*zip(o.inputs, o._in_arrays, strict=True), *zip(o.outputs, o._raw_buffers, strict=True)):
+            if info.index == index:
+                return arr.copy()
+        raise ValueError(f"tensor {index} is not an input or output of {o.name}")
+
+
+class WorkerModel:
+    """A model whose interpreter runs in a child process; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        backend: Backend | None = None,
+        invoke_timeout_s: float | None = None,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        restart_limit: int = 5,
+        restart_window_s: float = 60.0,
+    ) -> None:
+        self.cfg = cfg
+        self.backend = backend or select_backend(cfg.interpreter)
+        if backend is not None:  # the child selects the same interpreter package
+            cfg = self.cfg = cfg.model_copy(update={"interpreter": backend.name})
+        self.invoke_timeout_s = invoke_timeout_s if invoke_timeout_s is not None else cfg.invoke_timeout_s
+        self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
+        self.restart_limit, self.restart_window_s = restart_limit, restart_window_s
+        self._ctx = mp.get_context("spawn")
+        self._proc: Any = None
+        self._conn: Connection | None = None
+        self._shms: list[SharedMemory] = []
+        self._in_arrays: list[npt.NDArray[Any]] = []
+        self._raw_buffers: list[npt.NDArray[Any]] = []
+        self._out_buffers: list[npt.NDArray[np.float32]] = []
+        self._next_backoff = backoff_s
+        self._restarts: list[float] = []
+        self.restarts = 0
+        self.interpreter = _TensorReader(self)
+        self.file: ModelFile
+        self.delegate = "cpu"
+        self.inputs: tuple[TensorInfo, ...] = ()
+        self.outputs: tuple[TensorInfo, ...] = ()
+        self.threads = 0
+        self.notes: tuple[str, ...] = ()
+        self._start(first=True)
+
+    # ---- the LoadedModel interface --------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def input_view(self, i: int = 0) -> Callable[[], npt.NDArray[Any]]:
+        """A function returning input i's shared memory (zero-copy), valid across restarts."""
+        return lambda: self._in_arrays[i]
+
+    def set_input(self, i: int, value: npt.NDArray[Any]) -> None:
+        np.copyto(self._in_arrays[i], value)
+
+    def raw_output(self, i: int = 0) -> npt.NDArray[Any]:
+        return self._raw_buffers[i].copy()
+
+    def output(self, i: int = 0) -> npt.NDArray[np.float32]:
+        return self.fetch_outputs()[1][i]
+
+    def fetch_outputs(self) -> tuple[list[npt.NDArray[Any]], list[npt.NDArray[np.float32]]]:
+        """The raw outputs are the shared memory itself (changed only by the next invoke())."""
+        for info, raw, out in zip(self.outputs, self._raw_buffers, self._out_buffers, strict=True):
+            dequantize(info, raw, out=out)
+        return self._raw_buffers, self._out_buffers
+
+    def invoke(self) -> None:
+        if self._proc is None:
+            self._restart()
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.send_bytes(_INVOKE)
+            answered = conn.poll(self.invoke_timeout_s)
+            msg = conn.recv_bytes() if answered else b""
+        except (EOFError, OSError):
+            raise self._crashed() from None
+        if not answered:
+            self._kill()
+            raise ModelError(
+                f"model {self.name}: invoke() did not return within {self.invoke_timeout_s:g} s "
+                f"(model.invoke_timeout_s); the inference worker was killed and will be restarted",
+                reason="inference_hang",
+            )
+        if msg != _OK:
+            _, message, reason = json.loads(msg)
+            raise ModelError(message, reason=reason)
+        self._next_backoff = self.backoff_s
+
+    def close(self) -> None:
+        """Stop the worker and release the shared memory."""
+        conn, proc = self._conn, self._proc
+        if conn is not None and proc is not None and proc.is_alive():
+            with contextlib.suppress(OSError):
+                conn.send_bytes(_QUIT)
+            proc.join(2.0)
+        self._kill()
+        self._in_arrays, self._raw_buffers = [], []
+        for shm in self._shms:
+            with contextlib.suppress(BufferError):  # a caller still holds a view: the mapping goes with it
+                shm.close()
+            with contextlib.suppress(FileNotFoundError):
+                shm.unlink()
+        self._shms = []
+
+    def __enter__(self) -> WorkerModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- the worker's life ----------------------------------------------------------------
+    def _start(self, *, first: bool) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_child_main, args=(child, self.cfg), name="edge-agent-inference", daemon=True)
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        try:
+            msg = self._expect(parent, LOAD_TIMEOUT_S)
+            if msg[0] == "error":
+                self._kill()
+                raise ModelError(msg[1], reason=msg[2])
+            _, mf, _backend, delegate, inputs, outputs, threads, notes = msg
+            if first:
+                self.file, self.delegate, self.inputs, self.outputs = mf, delegate, inputs, outputs
+                self.threads, self.notes = threads, notes
+                self._make_shm()
+            elif (inputs, outputs) != (self.inputs, self.outputs):
+                self._kill()
+                raise ModelError(f"model {mf.name} changed its tensors across a worker restart", reason="load_failed")
+            parent.send(([s.name for s in self._shms[: len(inputs)]], [s.name for s in self._shms[len(inputs) :]]))
+            self._expect(parent, LOAD_TIMEOUT_S)
+        except ModelError:
+            if first:
+                self.close()
+            raise
+
+    def _expect(self, conn: Connection, timeout: float) -> Any:
+        try:
+            if conn.poll(timeout):
+                return conn.recv()
+        except (EOFError, OSError):
+            raise self._crashed() from None
+        self._kill()
+        raise ModelError(f"the inference worker did not load the model within {timeout:g} s", reason="inference_hang")
+
+    def _make_shm(self) -> None:
+        for info in (*self.inputs, *self.outputs):
+            self._shms.append(SharedMemory(create=True, size=_nbytes(info)))
+        n = len(self.inputs)
+        self._in_arrays = [_shm_array(s, i) for s, i in zip(self._shms[:n], self.inputs, strict=True)]
+        self._raw_buffers = [_shm_array(s, o) for s, o in zip(self._shms[n:], self.outputs, strict=True)]
+        self._out_buffers = [np.empty(o.shape, dtype=np.float32) for o in self.outputs]
+
+    def _restart(self) -> None:
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < self.restart_window_s]
+        if len(self._restarts) >= self.restart_limit:
+            raise ModelError(
+                f"the inference worker for {self.name} crashed {len(self._restarts)} times within "
+                f"{self.restart_window_s:g} s: not restarting it until the window has passed",
+                reason="inference_crash_loop",
+            )
+        time.sleep(self._next_backoff)
+        self._next_backoff = min(self._next_backoff * 2, self.backoff_max_s)
+        self._restarts.append(time.monotonic())
+        self.restarts += 1
+        self._start(first=False)
+
+    def _crashed(self) -> ModelError:
+        proc = self._proc
+        code = None
+        if proc is not None:
+            proc.join(2.0)
+            code = proc.exitcode
+        self._kill()
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with status {code}"
+        return ModelError(
+            f"the inference worker for {self.cfg.path} {how} (a crash inside the runtime or the accelerator "
+            "library); it will be restarted",
+            reason="inference_crash",
+        )
+
+    def _kill(self) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc, self._conn = None, None
+        if proc is not None:
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5.0)
+            with contextlib.suppress(ValueError):
+                proc.close()
+        if conn is not None:
+            conn.close()
+
+
+def open_model(cfg: ModelConfig, *, backend: Backend | None = None) -> LoadedModel | WorkerModel:
+    """`load_model`, or a `WorkerModel` when cfg.isolation = "process"."""
+    if cfg.isolation == "process":
+        return WorkerModel(cfg, backend=backend)
+    return load_model(cfg, backend=backend)

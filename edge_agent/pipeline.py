@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ModelError, PreprocessError
-from edge_agent.guard import Context, GuardFault, InputStats, OutputFault, OutputGuard, all_finite, check_outputs
+from edge_agent.guard import Context, GuardFault, OutputFault, OutputGuard, all_finite, check_outputs
 from edge_agent.input_guard import InputGuard
 from edge_agent.postprocess.classification import Classifier
 from edge_agent.postprocess.labels import load_labels
@@ -328,7 +328,3 @@ class Pipeline:
             h, w = (info.shape[1], info.shape[2]) if info.shape[-1] in (1, 3) else (info.shape[2], info.shape[3])
             frame = Frame(0, now, time.monotonic(), "selftest", pixels=np.full((h, w, 3), 128, np.uint8), order="bgr")
         return self.process(frame, stateful=False)
-
-
-def input_stats_of(model: LoadedModel | WorkerModel) -> InputStats:
-    return InputStats.of(model.interpreter.get_tensor(model.inputs[0].index))

@@ -102,8 +102,6 @@ class MqttLink:
         self.topics = topics
         self._status_payload = status_payload
         self._connected = threading.Event()
-        self._seq: dict[str, int] = {}
-        self._seq_lock = threading.Lock()
         # what `_on_connect` announces until `publish_status` says otherwise: the owner's real
         # state, so that an agent still without a model never claims `online` on connect
         self._state = initial_state
@@ -320,12 +318,6 @@ class MqttLink:
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
-
-    def next_seq(self, topic: str) -> int:
-        with self._seq_lock:
-            n = self._seq.get(topic, 0) + 1
-            self._seq[topic] = n
-            return n
 
     def publish(
         self, topic: str, payload: dict[str, Any] | bytes, *, qos: int = 0, retain: bool = False

@@ -429,6 +429,7 @@ def _read_associated_files(data: bytes) -> dict[str, bytes]:
     zipfile copes with the model bytes prepended to the archive.  A missing or
     damaged archive is not a model error, so it just yields fewer files.
     """
+    # NotImplementedError: zipfile's answer to an unsupported compression method
     errors = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error,
               OSError, EOFError, ValueError, NotImplementedError, RuntimeError)  # fmt: skip
     files: dict[str, bytes] = {}

@@ -327,7 +327,9 @@ def test_plan_reads_rgb_frames_too() -> None:
     bgr = textured(16, 16, seed=4)
     from_bgr = run_plan(pp, bgr, "bgr")
     from_rgb = run_plan(pp, np.ascontiguousarray(bgr[:, :, ::-1]), "rgb")
-    np.testing.assert_array_equal(from_bgr, from_rgb)
+    # equal up to float32 rounding: the measured kernel may be the affine one, whose channel
+    # swap lives in the matrix, so the two orders sum their terms in different positions
+    np.testing.assert_allclose(from_bgr, from_rgb, rtol=0, atol=1e-6)
 
 
 def test_per_channel_mean_std_land_on_their_channels() -> None:

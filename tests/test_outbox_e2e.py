@@ -282,7 +282,12 @@ def mixed_folder(bundled: Path, dest: Path, *, every: int = 5, n: int = 20) -> P
 def queued_events(db_path: Path) -> list[dict[str, Any]]:
     """The events waiting in an outbox, read without writing to it."""
     with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)) as db:
-        rows = db.execute("SELECT payload FROM outbox WHERE kind = 'event' ORDER BY id").fetchall()
+        try:
+            rows = db.execute("SELECT payload FROM outbox WHERE kind = 'event' ORDER BY id").fetchall()
+        except sqlite3.OperationalError as err:
+            if "no such table" not in str(err):
+                raise
+            return []  # the agent has created the file but not yet its tables
     return [json.loads(p) for (p,) in rows]
 
 

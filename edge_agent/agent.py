@@ -24,7 +24,7 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent.commands import COMMANDS, Inbox, Request
 from edge_agent.config import AgentConfig, load_config
-from edge_agent.errors import ConfigError, ModelError, SourceError
+from edge_agent.errors import ConfigError, ModelError, SourceError, SourceStalledError
 from edge_agent.escalation import Escalation
 from edge_agent.events import Event, EventMerger, Severity
 from edge_agent.mqtt.link import MqttLink, Outage
@@ -98,7 +98,9 @@ class Agent:
         state = Path(cfg.device.state_dir)
         self.outbox = Outbox(state / "outbox.sqlite", max_bytes=int(cfg.mqtt.outbox_max_mb * 1024 * 1024))
         self.inbox = Inbox()
-        self._last_pixels: np.ndarray | None = None
+        # a snapshot is taken from the next frame while the source still lends it (frames are
+        # not copied per frame: a camera's buffer may be gone once released)
+        self._snapshot_wanted = False
         self._frames_read = 0
         self.exit_code = 0
         g = cfg.guard
@@ -392,8 +394,11 @@ class Agent:
         try:
             item = None if limit is not None and self._frames_read >= limit else self.source.read()
         except SourceError as err:
-            # e.g. a looping CSV whose file vanished: report, drop the source, reopen later
-            self.raise_event("source_error", "error", f"{err} (reopening every {SOURCE_RETRY_S:g} s)")
+            # e.g. a looping CSV whose file vanished, a frozen camera: report, drop the source, reopen later
+            kind = "source_stalled" if isinstance(err, SourceStalledError) else "source_error"
+            self.raise_event(
+                kind, "error", f"{err} (reopening every {SOURCE_RETRY_S:g} s)", {"source": self.source.name}
+            )
             self.source.close()
             self.source = None
             self._next_source_try = time.monotonic() + SOURCE_RETRY_S
@@ -409,7 +414,11 @@ class Agent:
         if isinstance(item, SourceProblem):
             self.raise_event("source_error", "warning", f"{item.source}: {item.message}", {"source": item.source})
             return
-        self._handle(item)
+        try:
+            self._handle(item)
+        finally:
+            if self.source is not None:
+                self.source.release(item)
 
     def _storage_housekeeping(self, now: float) -> None:
         """A failing state_dir: say so once per episode, retry the disk every STORAGE_RETRY_S."""
@@ -504,16 +513,24 @@ class Agent:
             self._try_load_model(time.monotonic())
             ok = self.pipeline is not None
             self._answer_cmd(name, ok, "model reloaded" if ok else "reload failed: see the model_error event")
-        else:  # snapshot: the last frame as JPEG on P/D/snapshot
-            if self._last_pixels is None:
-                self._answer_cmd(name, False, "no frame yet")
+        else:  # snapshot: the next frame as JPEG on P/D/snapshot
+            if self.paused or self.source is None or self.pipeline is None or self._source_done:
+                self._answer_cmd(name, False, "no frames are flowing (paused, finished or degraded)")
                 return
-            ok_enc, jpeg = cv2.imencode(".jpg", self._last_pixels)
-            if not ok_enc:
-                self._answer_cmd(name, False, "the frame could not be encoded")
-                return
-            self.link.publish(f"{self.topics.prefix}/{self.topics.device}/snapshot", jpeg.tobytes(), qos=0)
-            self._answer_cmd(name, True, "snapshot published", bytes=int(jpeg.size))
+            self._snapshot_wanted = True  # answered by `_take_snapshot` on the next frame
+
+    def _take_snapshot(self, frame: Frame) -> None:
+        self._snapshot_wanted = False
+        if frame.pixels is None:
+            self._answer_cmd("snapshot", False, "the source delivers sensor rows, not images")
+            return
+        pixels = frame.pixels if frame.order != "rgb" else cv2.cvtColor(frame.pixels, cv2.COLOR_RGB2BGR)
+        ok_enc, jpeg = cv2.imencode(".jpg", pixels)
+        if not ok_enc:
+            self._answer_cmd("snapshot", False, "the frame could not be encoded")
+            return
+        self.link.publish(f"{self.topics.prefix}/{self.topics.device}/snapshot", jpeg.tobytes(), qos=0)
+        self._answer_cmd("snapshot", True, "snapshot published", bytes=int(jpeg.size), frame_seq=frame.seq)
 
     def _watchdog(self, now: float) -> None:
         """WATCHDOG=1 at half of WATCHDOG_USEC, only while frames really flow through inference
@@ -560,7 +577,8 @@ class Agent:
     def _handle(self, frame: Frame) -> None:
         assert self.pipeline is not None
         self.stats.frames += 1
-        self._last_pixels = frame.pixels  # a reference, not a copy: only a snapshot encodes it
+        if self._snapshot_wanted:
+            self._take_snapshot(frame)
         try:
             outcome = self.pipeline.process(frame)
         except ModelError as err:

@@ -31,5 +31,9 @@ class SourceError(EdgeAgentError):
     """A frame source cannot be opened or read."""
 
 
+class SourceStalledError(SourceError):
+    """A source that is open but has delivered no frame for too long (a frozen camera, a dead stream)."""
+
+
 class PreprocessError(EdgeAgentError):
     """A frame or row that does not fit the model's input."""

@@ -44,13 +44,27 @@ class SourceProblem:
 
 class FrameSource(Protocol):
     """Sources are iterated by the agent: `read()` returns the next frame, a problem with
-    one input (the source goes on), or None when a finite source is exhausted."""
+    one input (the source goes on), or None when a finite source is exhausted.
+
+    Buffers are lent, not given: a frame's `pixels` (or `values`) may live in memory the
+    source reuses (a preallocated slot, a camera request's buffer). They stay valid until the
+    frame is passed to `release()`, after which the source may overwrite them. A source must
+    allow at least `MIN_LENT` frames to be held at once (one being consumed, one waiting,
+    one being captured); a caller never holds more. `read()` raises `SourceError` when the
+    source is broken beyond one input (`SourceStalledError` when frames stopped coming); the agent
+    closes it and reopens it with backoff.
+    """
 
     name: str
 
     def read(self) -> Frame | SourceProblem | None: ...
 
+    def release(self, frame: Frame) -> None: ...
+
     def close(self) -> None: ...
+
+
+MIN_LENT = 3
 
 
 class Stamp:

@@ -90,5 +90,8 @@ class CsvRowSource:
         seq, ts, mono = self._stamp.next()
         return Frame(seq=seq, ts=ts, mono=mono, source=where, values=values, names=self._names)
 
+    def release(self, frame: Frame) -> None:
+        """Nothing to give back: each row is a fresh small vector."""
+
     def close(self) -> None:
         self._fh.close()

@@ -65,5 +65,8 @@ class ImageFolderSource:
             return SourceProblem(path.name, img)
         return frame_from_pixels(self._stamp, path.name, img, "bgr")
 
+    def release(self, frame: Frame) -> None:
+        """Nothing to give back: each decoded image is its own array."""
+
     def close(self) -> None:
         self._files = []

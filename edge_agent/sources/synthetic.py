@@ -59,5 +59,8 @@ class SyntheticSource:
         self._n += 1
         return frame_from_pixels(self._stamp, f"synthetic#{self._n}", buf, "bgr")
 
+    def release(self, frame: Frame) -> None:
+        """Nothing to give back: frames are not lent from a reused buffer."""
+
     def close(self) -> None:
         self._slots = []

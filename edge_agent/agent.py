@@ -7,6 +7,7 @@ same way. Only an invalid config (found before this class is built) exits 2.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import queue
@@ -22,8 +23,10 @@ import cv2
 import numpy as np
 
 from edge_agent import __version__
+from edge_agent.accelerator import AcceleratorWatch
+from edge_agent.background import BackgroundBuild
 from edge_agent.commands import COMMANDS, Inbox, Request
-from edge_agent.config import AgentConfig, load_config
+from edge_agent.config import AgentConfig, ModelConfig, load_config
 from edge_agent.errors import ConfigError, ModelError, SourceError, SourceStalledError
 from edge_agent.escalation import Escalation
 from edge_agent.events import Event, EventMerger, Severity
@@ -33,7 +36,7 @@ from edge_agent.mqtt.sender import OutboxSender
 from edge_agent.mqtt.topics import Topics
 from edge_agent.pipeline import Fault, Inference, Pipeline, Skipped
 from edge_agent.runtime.backends import select_backend
-from edge_agent.runtime.worker import open_model
+from edge_agent.runtime.worker import BackendFactory
 from edge_agent.service import Notifier
 from edge_agent.sources import FrameSource, SourceProblem, open_source
 from edge_agent.sources.base import Frame
@@ -71,8 +74,11 @@ class Agent:
         *,
         on_result: Callable[[dict[str, Any]], None] | None = None,
         config_path: str | None = None,
+        backend_factory: BackendFactory | None = None,
     ) -> None:
         self.cfg = cfg
+        # the interpreter package; None: as model.interpreter says (tests stand in for a Coral here)
+        self._backend_factory = backend_factory
         self.config_path = config_path  # re-read on SIGHUP
         self._reload_requested = False
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id)
@@ -118,6 +124,9 @@ class Agent:
         self._last_inference_at = -1e18
         self._next_ping = 0.0
         self._watchdog_off = False
+        self.accel = AcceleratorWatch(lose_after=cfg.model.delegate_lost_after, retry_s=cfg.model.edgetpu_retry_s)
+        self._tpu_wanted = False  # on the CPU because the Edge TPU failed or was missing: retry it
+        self._tpu_probe: BackgroundBuild[Pipeline] | None = None
 
     # ---- status -------------------------------------------------------------------------
     def _status_payload(self, state: str) -> dict[str, Any]:
@@ -220,7 +229,7 @@ class Agent:
         self._next_model_try = now + self.cfg.model.retry_interval_s
         pipeline = None
         try:
-            pipeline = Pipeline.load(self.cfg)
+            pipeline = Pipeline.load(self.cfg, backend_factory=self._backend_factory)
             outcome = pipeline.selftest()
         except ModelError as err:
             if pipeline is not None:
@@ -242,6 +251,17 @@ class Agent:
                 outcome.fault.kind, "error", f"self-test inference: {outcome.fault.message}", outcome.fault.detail
             )
         self._set_pipeline(pipeline)
+        m = self.cfg.model
+        self._tpu_wanted = m.delegate == "edgetpu" and pipeline.model.delegate == "cpu"
+        if self._tpu_wanted:
+            self.accel.on_cpu(now)
+            self.raise_event(
+                "delegate_unavailable",
+                "error",
+                f"{'; '.join(pipeline.model.notes) or 'the Edge TPU is unavailable'}: running {pipeline.model.name} "
+                f"on the CPU, retrying the Edge TPU every {m.edgetpu_retry_s:g} s",
+                {"device": m.edgetpu_device or "any", **self._model_detail()},
+            )
         log.info(
             "model %s loaded (%s, sha256 %s, interpreter %s %s, %d threads)",
             pipeline.model.name,
@@ -314,7 +334,9 @@ class Agent:
                 getattr(new, s) != getattr(self.cfg, s) for s in ("model", "preprocess", "postprocess", "guard")
             ):
                 try:
-                    pipeline = Pipeline.load(new)  # built first: a failure changes nothing
+                    pipeline = Pipeline.load(
+                        new, backend_factory=self._backend_factory
+                    )  # built first: a failure changes nothing
                 except ModelError as err:
                     self.raise_event(
                         "config_rejected",
@@ -337,6 +359,8 @@ class Agent:
             self.escalation = Escalation(
                 degrade_after=g.degrade_after, act_after=g.act_after, recover_after=g.recover_after
             )
+            self.accel = AcceleratorWatch(lose_after=new.model.delegate_lost_after, retry_s=new.model.edgetpu_retry_s)
+            self._tpu_wanted = False
             logging.getLogger().setLevel(getattr(logging, new.service.log_level.upper(), logging.INFO))
             log.info("config reloaded from %s", self.config_path)
         finally:
@@ -373,6 +397,7 @@ class Agent:
             self._report_overflow()
         self._watchdog(now)
         self._storage_housekeeping(now)
+        self._edgetpu_housekeeping(now)
         if now >= self._next_stats:
             self._publish_stats()
             self.notifier.status(self._status_text())
@@ -582,6 +607,9 @@ class Agent:
         try:
             outcome = self.pipeline.process(frame)
         except ModelError as err:
+            if err.reason == "inference_restarting":
+                self.stats.dropped += 1  # the crash was reported; frames are dropped until the worker is back
+                return
             # an isolated worker that crashed or hung has its own event kinds (it is restarted on the next frame)
             kind = "inference_crash" if err.reason == "inference_crash_loop" else err.reason
             self.raise_event(
@@ -590,8 +618,12 @@ class Agent:
                 str(err),
                 {"source": frame.source, "reason": err.reason, **self._model_detail()},
             )
+            if self.pipeline.model.delegate == "edgetpu" and self.accel.failure():
+                self._lose_edgetpu(err)
+                return
             self._escalate(self.escalation.fault())
             return
+        self.accel.success()
         self._last_inference_at = time.monotonic()
         # a real frame that passes the guard proves as much as the self-test did
         self._selftest_ok = self._selftest_ok or isinstance(outcome, Inference)
@@ -611,6 +643,94 @@ class Agent:
             self.raise_event(w.kind, w.severity, f"{frame.source}: {w.message}", self._evidence(frame, w.detail))
         self._publish_result(frame, outcome)
         self._escalate(self.escalation.good())
+
+    # ---- the Edge TPU: lost, and found again ------------------------------------------------
+    def _cpu_model_config(self) -> ModelConfig:
+        m = self.cfg.model
+        if m.fallback_path:  # the pin names the primary model
+            return m.model_copy(
+                update={"path": m.fallback_path, "delegate": "cpu", "edgetpu_device": None, "sha256": None}
+            )
+        return m.model_copy(update={"delegate": "cpu", "edgetpu_device": None})
+
+    def _lose_edgetpu(self, err: ModelError) -> None:
+        """Repeated failures on the Edge TPU: carry on with the CPU model, and retry the TPU later."""
+        assert self.pipeline is not None
+        n, old = self.accel.failures, self.pipeline.model.name
+        m = self.cfg.model
+        detail: dict[str, Any] = {"failures": n, "reason": err.reason, **self._model_detail()}
+        try:
+            pipeline = Pipeline.load(self.cfg, self._cpu_model_config(), backend_factory=self._backend_factory)
+        except ModelError as cpu_err:
+            self.raise_event(
+                "delegate_lost",
+                "critical",
+                f"the Edge TPU failed {n} times in a row (last: {err.reason}) and the CPU model cannot run "
+                f"either: {cpu_err}; retrying every {m.retry_interval_s:g} s",
+                detail,
+            )
+            self._set_pipeline(None)  # `_try_load_model` retries the configured model at its interval
+            self._next_model_try = time.monotonic() + m.retry_interval_s
+            self._set_state("degraded")
+            return
+        self._set_pipeline(pipeline)
+        self._tpu_wanted = True
+        self.accel.on_cpu(time.monotonic())
+        self.raise_event(
+            "delegate_lost",
+            "error",
+            f"the Edge TPU failed {n} times in a row (last: {err.reason}): switched from {old} to the CPU model "
+            f"{pipeline.model.name}; retrying the Edge TPU every {m.edgetpu_retry_s:g} s",
+            {**detail, "now": self._model_detail().get("model")},
+        )
+        self.link.publish_status(self.state)  # the status names the delegate
+
+    def _probe_edgetpu(self, cfg: AgentConfig) -> Pipeline:
+        """Runs in a thread: the configured model on the Edge TPU, proven by a self-test."""
+        pipeline = Pipeline.load(
+            cfg, cfg.model.model_copy(update={"on_delegate_error": "fail"}), backend_factory=self._backend_factory
+        )
+        try:
+            outcome = pipeline.selftest()
+        except ModelError:
+            pipeline.close()
+            raise
+        if not isinstance(outcome, Inference):
+            pipeline.close()
+            why = outcome.fault.message if isinstance(outcome, Fault) else outcome.message
+            raise ModelError(f"the self-test on the Edge TPU did not pass: {why}", reason="selftest")
+        return pipeline
+
+    def _edgetpu_housekeeping(self, now: float) -> None:
+        probe = self._tpu_probe
+        if probe is not None:
+            if not probe.done():
+                return
+            self._tpu_probe = None
+            try:
+                pipeline = probe.result()
+            except Exception as err:  # noqa: BLE001 - a failed retry, whatever the cause, must not stop the agent
+                self.accel.on_cpu(now)
+                log.info("the Edge TPU is still unusable (%s); next try in %g s", err, self.accel.retry_s)
+                return
+            if probe.tag is not self.cfg or not self._tpu_wanted or self.pipeline is None:
+                pipeline.close()  # the config changed meanwhile, or the model is gone: not wanted any more
+                return
+            old = self.pipeline.model.name
+            self._set_pipeline(pipeline)
+            self._tpu_wanted = False
+            self.accel.success()
+            self.raise_event(
+                "delegate_restored",
+                "info",
+                f"the Edge TPU works again: switched from the CPU model {old} back to {pipeline.model.name}",
+                self._model_detail(),
+            )
+            self.link.publish_status(self.state)
+            return
+        if self._tpu_wanted and self.pipeline is not None and self.accel.retry_due(now):
+            cfg = self.cfg
+            self._tpu_probe = BackgroundBuild(lambda: self._probe_edgetpu(cfg), name="edgetpu-retry", tag=cfg)
 
     def _set_pipeline(self, pipeline: Pipeline | None) -> None:
         """Replace the running pipeline, stopping the old one's inference worker if it has one."""
@@ -674,12 +794,13 @@ class Agent:
                 update={"path": model_cfg.fallback_path, "delegate": "cpu", "sha256": None}
             )
         try:
-            pipeline = Pipeline(self.cfg, open_model(model_cfg))
+            pipeline = Pipeline.load(self.cfg, model_cfg, backend_factory=self._backend_factory)
         except ModelError as err:
             self.raise_event("model_error", "error", f"{action} after {n} consecutive faulty frames failed: {err}")
             return
         old = self.pipeline.model.name
         self._set_pipeline(pipeline)
+        self._tpu_wanted = False  # chosen by the guard, not forced by the accelerator: no retry
         kind = "model_fallback" if action == "fallback" else "model_reloaded"
         self.raise_event(
             kind,
@@ -736,6 +857,9 @@ class Agent:
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        if self._tpu_probe is not None and self._tpu_probe.wait(5.0):
+            with contextlib.suppress(Exception):
+                self._tpu_probe.result().close()
         for ev in self.events.flush():
             self._publish_event(ev)
         if self._overflowed:

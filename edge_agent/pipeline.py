@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, ModelConfig
 from edge_agent.errors import ModelError, PreprocessError
 from edge_agent.guard import Context, GuardFault, OutputFault, OutputGuard, all_finite, check_outputs
 from edge_agent.input_guard import InputGuard
@@ -33,7 +33,7 @@ from edge_agent.preprocess import (
 )
 from edge_agent.runtime.loader import LoadedModel, load_model
 from edge_agent.runtime.tflite_file import labels_from_metadata
-from edge_agent.runtime.worker import WorkerModel, open_model
+from edge_agent.runtime.worker import BackendFactory, WorkerModel, open_model
 from edge_agent.sources.base import Frame
 
 log = logging.getLogger(__name__)
@@ -112,8 +112,11 @@ class Pipeline:
             self.decoder = reg.decode
 
     @classmethod
-    def load(cls, cfg: AgentConfig) -> Pipeline:
-        return cls(cfg, open_model(cfg.model))
+    def load(
+        cls, cfg: AgentConfig, model_cfg: ModelConfig | None = None, *, backend_factory: BackendFactory | None = None
+    ) -> Pipeline:
+        """The pipeline for cfg, with cfg.model or another model config (a fallback, a retry)."""
+        return cls(cfg, open_model(model_cfg or cfg.model, backend_factory=backend_factory))
 
     def close(self) -> None:
         """Stop an isolated model's worker process (nothing to do for an inline model)."""

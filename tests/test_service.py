@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -75,8 +76,8 @@ def notify(tmp_path: Path) -> Iterator[NotifySocket]:
     s.close()
 
 
-def start(cfg: Path, notify: NotifySocket) -> subprocess.Popen[bytes]:
-    env = {**subprocess_env(), "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+def start(cfg: Path, notify: NotifySocket, **extra_env: str) -> subprocess.Popen[bytes]:
+    env = {**subprocess_env(), "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(WATCHDOG_USEC), **extra_env}
     log = cfg.with_suffix(".log").open("wb")
     return subprocess.Popen(agent_command(cfg), env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -207,6 +208,82 @@ def test_sighup_rereads_the_config_and_keeps_the_old_one_when_broken(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def ping_times(notify: NotifySocket) -> list[float]:
+    return [t for t, ln in notify.lines() if ln == "WATCHDOG=1"]
+
+
+def test_watchdog_pings_stop_while_inference_hangs(
+    tmp_path: Path, notify: NotifySocket, mosquitto: LocalBroker, device: str, col: Collector
+) -> None:
+    """An invoke() that hangs for real (the isolated worker sleeps inside it, through the worker's
+    test-only fault hook): no pings while it hangs, even though capture goes on; the hang is cut
+    at invoke_timeout_s, the worker restarted, and the pings come back with the results."""
+    sections: dict[str, dict[str, object]] = {
+        "source": {"kind": "images", "path": str(BUNDLED / "digits_frames"), "loop": True, "fps": 20},
+        "model": {
+            "path": str(BUNDLED / "digits_uint8.tflite"),
+            "interpreter": INTERPRETER,
+            "isolation": "process",
+            "invoke_timeout_s": 3,
+        },
+        "preprocess": {"resize": "stretch", "color": "rgb"},
+    }
+    cfg = write_config(tmp_path, device=device, port=mosquitto.port, sections=sections)
+    # invoke 1 is the self-test; the 41st hangs (about 2 s of frames), and every 40th after a restart
+    proc = start(cfg, notify, EDGE_AGENT_TEST_WORKER_FAULT="hang-after:40")
+    try:
+        hang = col.wait_for(
+            lambda m: m.leaf == "events" and m.payload["kind"] == "inference_hang", 60, "an inference_hang event"
+        )
+        after = col.snapshot().index(hang)
+        col.wait_for(lambda m: m.leaf == "results", 30, "results after the restart", start=after + 1)
+        time.sleep(1.0)
+        pings = ping_times(notify)
+        gaps = [(b - a, a) for a, b in itertools.pairwise(pings)]
+        longest, gap_start = max(gaps)
+        # pings every 0.3 s while frames flow; none for the 3 s the invoke hung
+        assert longest >= 2.5, gaps
+        assert gap_start < hang.at, "the silent period is the hang"
+        assert [t for t in pings if t > hang.at], "no pings after the recovery"
+        assert sorted(g for g, _ in gaps)[len(gaps) // 2] < 0.5, "pings were not regular while frames flowed"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_guard_restart_action_stops_pings_and_exits_75(
+    tmp_path: Path, notify: NotifySocket, mosquitto: LocalBroker, device: str, col: Collector
+) -> None:
+    """nan_prone fed raw pixels gives NaN on every frame; with on_persistent_fault = "restart" the
+    agent stops pinging the moment it asks for the restart, then exits 75 (EX_TEMPFAIL) so that
+    Restart=on-failure restarts it; the watchdog would back the request up if the exit hung."""
+    sections: dict[str, dict[str, object]] = {
+        "source": {"kind": "images", "path": str(BUNDLED / "digits_frames"), "loop": True, "fps": 20},
+        "model": {"path": str(BUNDLED / "nan_prone.tflite"), "interpreter": INTERPRETER},
+        "guard": {"on_persistent_fault": "restart", "degrade_after": 3, "act_after": 40, "event_interval_s": 0},
+    }
+    cfg = write_config(tmp_path, device=device, port=mosquitto.port, sections=sections)
+    proc = start(cfg, notify)
+    try:
+        assert proc.wait(60) == 75
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    asked = col.wait_for(
+        lambda m: m.leaf == "events" and m.payload["kind"] == "restart_requested", 10, "restart_requested"
+    )
+    assert asked.payload["severity"] == "critical"
+    stopping = notify.wait_for("STOPPING=1", 5)
+    pings = ping_times(notify)
+    assert len(pings) >= 3, "frames flowed through inference (faulty, but inference ran): pings before"
+    assert not [t for t in pings if t > asked.at], "a ping after the restart was requested"
+    assert pings[-1] < stopping
 
 
 def test_journal_fields_when_started_by_systemd(tmp_path: Path, mosquitto: LocalBroker, device: str) -> None:

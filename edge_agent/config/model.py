@@ -33,6 +33,12 @@ class ModelConfig(Section):
     invoke_timeout_s: float = Field(
         default=5.0, gt=0, le=600, description='with isolation = "process": a longer invoke() is a hang'
     )
+    delegate_lost_after: int = Field(
+        default=3, ge=1, le=1000, description="consecutive Edge TPU failures before switching to the CPU model"
+    )
+    edgetpu_retry_s: float = Field(
+        default=300.0, ge=1, le=86400, description="while on the CPU model, try the Edge TPU again this often"
+    )
 
     @field_validator("edgetpu_device")
     @classmethod

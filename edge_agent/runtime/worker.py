@@ -11,9 +11,14 @@ reads without a copy. invoke() sends one byte over a Pipe and waits for the answ
 
 - the child died (exitcode < 0: SIGABRT, SIGSEGV, ...) → ModelError(reason="inference_crash");
 - no answer within `invoke_timeout_s` → the child is killed, ModelError(reason="inference_hang");
-- the next invoke() restarts the child, after a backoff (0.5 s doubling to 30 s, reset by a
-  successful invoke); more than `restart_limit` restarts within `restart_window_s` →
+- the child is restarted after a backoff (0.5 s doubling to 30 s, reset by a successful
+  invoke); more than `restart_limit` restarts within `restart_window_s` →
   ModelError(reason="inference_crash_loop") until the window has passed.
+
+A restart never blocks the caller: while the backoff runs, and while the new child loads its
+model, invoke() raises ModelError(reason="inference_restarting") at once, so the agent's loop
+keeps serving the broker and the watchdog. A child that does not load within LOAD_TIMEOUT_S
+(a hung accelerator) is killed and the restart counts as a failure.
 
 TEST-ONLY fault hook: the environment variable EDGE_AGENT_TEST_WORKER_FAULT, read in the child
 only, makes the child misbehave on purpose: "abort-after:N" calls os.abort() on the invoke after N
@@ -46,6 +51,7 @@ from edge_agent.runtime.loader import LoadedModel, ModelFile, load_model
 from edge_agent.runtime.tensors import TensorInfo, dequantize
 
 FAULT_ENV = "EDGE_AGENT_TEST_WORKER_FAULT"
+BackendFactory = Callable[[], Backend]
 LOAD_TIMEOUT_S = 60.0
 _INVOKE = b"i"
 _QUIT = b"q"
@@ -70,7 +76,9 @@ def _test_fault() -> tuple[str, int] | None:
     return None
 
 
-def _child_main(conn: Connection, cfg: ModelConfig) -> None:  # pragma: no cover - runs in the child
+def _child_main(
+    conn: Connection, cfg: ModelConfig, backend_factory: BackendFactory | None = None
+) -> None:  # pragma: no cover - runs in the child
     """The worker: load the model, attach the shared memory, then answer invoke requests."""
     for sig in (signal.SIGINT, signal.SIGTERM):  # the parent (or SIGKILL) decides when the worker ends
         signal.signal(sig, signal.SIG_IGN)
@@ -78,7 +86,8 @@ def _child_main(conn: Connection, cfg: ModelConfig) -> None:  # pragma: no cover
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
     try:
-        model = load_model(cfg.model_copy(update={"isolation": "inline"}))
+        backend = backend_factory() if backend_factory is not None else None
+        model = load_model(cfg.model_copy(update={"isolation": "inline"}), backend=backend)
     except ModelError as err:
         conn.send(("error", str(err), err.reason))
         return
@@ -159,6 +168,7 @@ class WorkerModel:
         cfg: ModelConfig,
         *,
         backend: Backend | None = None,
+        backend_factory: BackendFactory | None = None,
         invoke_timeout_s: float | None = None,
         backoff_s: float = 0.5,
         backoff_max_s: float = 30.0,
@@ -166,8 +176,11 @@ class WorkerModel:
         restart_window_s: float = 60.0,
     ) -> None:
         self.cfg = cfg
-        self.backend = backend or select_backend(cfg.interpreter)
-        if backend is not None:  # the child selects the same interpreter package
+        # the child builds its own interpreter: it selects the same package by name, or calls the
+        # factory (a module-level function, pickled by reference for the "spawn" start method)
+        self._backend_factory = backend_factory
+        self.backend = backend or (backend_factory() if backend_factory else select_backend(cfg.interpreter))
+        if backend is not None:
             cfg = self.cfg = cfg.model_copy(update={"interpreter": backend.name})
         self.invoke_timeout_s = invoke_timeout_s if invoke_timeout_s is not None else cfg.invoke_timeout_s
         self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
@@ -180,6 +193,8 @@ class WorkerModel:
         self._raw_buffers: list[npt.NDArray[Any]] = []
         self._out_buffers: list[npt.NDArray[np.float32]] = []
         self._next_backoff = backoff_s
+        self._restart_at = 0.0  # monotonic time the next start may begin (after a backoff)
+        self._loading: tuple[Any, Connection, float] | None = None  # (process, pipe, deadline) of a start under way
         self._restarts: list[float] = []
         self.restarts = 0
         self.interpreter = _TensorReader(self)
@@ -221,7 +236,7 @@ class WorkerModel:
 
     def invoke(self) -> None:
         if self._proc is None:
-            self._restart()
+            self._restart()  # raises "inference_restarting" until the new child is ready
         conn = self._conn
         assert conn is not None
         try:
@@ -232,6 +247,7 @@ class WorkerModel:
             raise self._crashed() from None
         if not answered:
             self._kill()
+            self._schedule_restart()
             raise ModelError(
                 f"model {self.name}: invoke() did not return within {self.invoke_timeout_s:g} s "
                 f"(model.invoke_timeout_s); the inference worker was killed and will be restarted",
@@ -250,6 +266,7 @@ class WorkerModel:
                 conn.send_bytes(_QUIT)
             proc.join(2.0)
         self._kill()
+        self._abandon_loading()
         self._in_arrays, self._raw_buffers = [], []
         for shm in self._shms:
             with contextlib.suppress(BufferError):  # a caller still holds a view: the mapping goes with it
@@ -265,31 +282,44 @@ class WorkerModel:
         self.close()
 
     # ---- the worker's life ----------------------------------------------------------------
-    def _start(self, *, first: bool) -> None:
+    def _spawn(self) -> tuple[Any, Connection]:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_child_main, args=(child, self.cfg), name="edge-agent-inference", daemon=True)
+        proc = self._ctx.Process(
+            target=_child_main,
+            args=(child, self.cfg, self._backend_factory),
+            name="edge-agent-inference",
+            daemon=True,
+        )
         proc.start()
         child.close()
+        return proc, parent
+
+    def _start(self, *, first: bool) -> None:
+        """The first start: blocking, since there is nothing to serve before the model is loaded."""
+        proc, parent = self._spawn()
         self._proc, self._conn = proc, parent
         try:
-            msg = self._expect(parent, LOAD_TIMEOUT_S)
-            if msg[0] == "error":
-                self._kill()
-                raise ModelError(msg[1], reason=msg[2])
-            _, mf, _backend, delegate, inputs, outputs, threads, notes = msg
-            if first:
-                self.file, self.delegate, self.inputs, self.outputs = mf, delegate, inputs, outputs
-                self.threads, self.notes = threads, notes
-                self._make_shm()
-            elif (inputs, outputs) != (self.inputs, self.outputs):
-                self._kill()
-                raise ModelError(f"model {mf.name} changed its tensors across a worker restart", reason="load_failed")
-            parent.send(([s.name for s in self._shms[: len(inputs)]], [s.name for s in self._shms[len(inputs) :]]))
-            self._expect(parent, LOAD_TIMEOUT_S)
+            self._attach(parent, self._expect(parent, LOAD_TIMEOUT_S), first=first)
         except ModelError:
             if first:
                 self.close()
             raise
+
+    def _attach(self, parent: Connection, msg: Any, *, first: bool) -> None:
+        """Take the child's "ready" answer, hand it the shared memory, wait until it is attached."""
+        if msg[0] == "error":
+            self._kill()
+            raise ModelError(msg[1], reason=msg[2])
+        _, mf, _backend, delegate, inputs, outputs, threads, notes = msg
+        if first:
+            self.file, self.delegate, self.inputs, self.outputs = mf, delegate, inputs, outputs
+            self.threads, self.notes = threads, notes
+            self._make_shm()
+        elif (inputs, outputs) != (self.inputs, self.outputs):
+            self._kill()
+            raise ModelError(f"model {mf.name} changed its tensors across a worker restart", reason="load_failed")
+        parent.send(([s.name for s in self._shms[: len(inputs)]], [s.name for s in self._shms[len(inputs) :]]))
+        self._expect(parent, LOAD_TIMEOUT_S)
 
     def _expect(self, conn: Connection, timeout: float) -> Any:
         try:
@@ -309,19 +339,61 @@ class WorkerModel:
         self._out_buffers = [np.empty(o.shape, dtype=np.float32) for o in self.outputs]
 
     def _restart(self) -> None:
+        """One step of a restart, never waiting: start the child once the backoff is over, then
+        attach it once it has loaded the model. Until then, raise "inference_restarting"."""
         now = time.monotonic()
-        self._restarts = [t for t in self._restarts if now - t < self.restart_window_s]
-        if len(self._restarts) >= self.restart_limit:
+        if self._loading is None:
+            if now < self._restart_at:
+                raise self._restarting(f"restarts in {self._restart_at - now:.1f} s")
+            self._restarts = [t for t in self._restarts if now - t < self.restart_window_s]
+            if len(self._restarts) >= self.restart_limit:
+                raise ModelError(
+                    f"the inference worker for {self.name} crashed {len(self._restarts)} times within "
+                    f"{self.restart_window_s:g} s: not restarting it until the window has passed",
+                    reason="inference_crash_loop",
+                )
+            self._restarts.append(now)
+            self.restarts += 1
+            proc, conn = self._spawn()
+            self._loading = (proc, conn, now + LOAD_TIMEOUT_S)
+        proc, conn, deadline = self._loading
+        try:
+            ready = conn.poll(0)
+        except (EOFError, OSError):
+            ready = True  # the child died while loading: recv() below says how
+        if not ready:
+            if now < deadline:
+                raise self._restarting("loading the model")
+            self._abandon_loading()
+            self._schedule_restart()
             raise ModelError(
-                f"the inference worker for {self.name} crashed {len(self._restarts)} times within "
-                f"{self.restart_window_s:g} s: not restarting it until the window has passed",
-                reason="inference_crash_loop",
+                f"the inference worker for {self.name} did not load the model within {LOAD_TIMEOUT_S:g} s; "
+                "it was killed and will be restarted",
+                reason="inference_hang",
             )
-        time.sleep(self._next_backoff)
+        self._loading = None
+        self._proc, self._conn = proc, conn
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            raise self._crashed() from None
+        self._attach(conn, msg, first=False)
+
+    def _restarting(self, what: str) -> ModelError:
+        return ModelError(f"the inference worker for {self.name} is restarting ({what})", reason="inference_restarting")
+
+    def _schedule_restart(self) -> None:
+        self._restart_at = time.monotonic() + self._next_backoff
         self._next_backoff = min(self._next_backoff * 2, self.backoff_max_s)
-        self._restarts.append(time.monotonic())
-        self.restarts += 1
-        self._start(first=False)
+
+    def _abandon_loading(self) -> None:
+        if self._loading is not None:
+            proc, conn, _ = self._loading
+            self._loading = None
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5.0)
+            conn.close()
 
     def _crashed(self) -> ModelError:
         proc = self._proc
@@ -330,6 +402,7 @@ class WorkerModel:
             proc.join(2.0)
             code = proc.exitcode
         self._kill()
+        self._schedule_restart()
         if code is not None and code < 0:
             try:
                 how = f"was killed by {signal.Signals(-code).name}"
@@ -356,8 +429,13 @@ class WorkerModel:
             conn.close()
 
 
-def open_model(cfg: ModelConfig, *, backend: Backend | None = None) -> LoadedModel | WorkerModel:
-    """`load_model`, or a `WorkerModel` when cfg.isolation = "process"."""
+def open_model(
+    cfg: ModelConfig, *, backend: Backend | None = None, backend_factory: BackendFactory | None = None
+) -> LoadedModel | WorkerModel:
+    """`load_model`, or a `WorkerModel` when cfg.isolation = "process". `backend_factory` makes
+    the interpreter package (tests use it to stand in for a Coral); it must be picklable."""
     if cfg.isolation == "process":
-        return WorkerModel(cfg, backend=backend)
+        return WorkerModel(cfg, backend=backend, backend_factory=backend_factory)
+    if backend is None and backend_factory is not None:
+        backend = backend_factory()
     return load_model(cfg, backend=backend)

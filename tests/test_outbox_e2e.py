@@ -26,7 +26,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import INTERPRETER
-from mqtt_helpers import AgentProcess, write_config
+from mqtt_helpers import AgentProcess, retained, write_config
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.broker import LocalBroker, free_port, start_mosquitto
@@ -387,6 +387,43 @@ def test_backlog_survives_sigkill_and_seq_goes_on(
     assert all(e["ts"] > killed_wall for e, _ in events[n:]), "a seq from before the kill was reused"
     drained = events[n - 1][1].at - online.at
     print(f"\n{n} events queued before SIGKILL: all delivered {drained:.2f} s after the restarted agent connected")
+
+
+def test_sigterm_with_a_backlog_flushes_it_and_exits_0(
+    tmp_path: Path, broker: Broker, recorders: list[Recorder], device: str, bundled: Path
+) -> None:
+    """SIGTERM (systemctl stop) just after the broker came back, with the backlog of the outage
+    still queued: the agent flushes it before it goes, exits 0 well within the unit's
+    TimeoutStopSec (20 s), leaves `offline` retained and an empty outbox."""
+    cfg = write_config(tmp_path, device=device, port=broker.port, sections=nan_prone(bundled, fps=50))
+    db_path = tmp_path / "state" / "outbox.sqlite"
+    with AgentProcess(cfg) as agent:  # no broker yet: every event waits in the outbox
+        deadline = time.monotonic() + 60
+        while not (db_path.exists() and len(queued_events(db_path)) >= 200):
+            assert agent.running(), agent.output[-4000:]
+            assert time.monotonic() < deadline, "the outbox did not fill"
+            time.sleep(0.2)
+        broker.start()
+        rec = Recorder(broker.port, device)
+        recorders.append(rec)
+        rec.status("online", RECONNECT_TIMEOUT_S)
+        backlog = len(queued_events(db_path))
+        t0 = time.monotonic()
+        agent.proc.send_signal(signal.SIGTERM)
+        assert agent.wait(20) == 0, agent.output[-4000:]
+        stop_s = time.monotonic() - t0
+        assert "Traceback" not in agent.output, agent.output[-4000:]
+    rec.status("offline", 15)
+    msgs = rec.snapshot()
+    events = first_arrivals(msgs, "events")
+    seqs = [e["seq"] for e, _ in events]
+    assert seqs and seqs[0] == 1 and not gaps(seqs), f"missing event seqs: {gaps(seqs)[:20]}"
+    assert queued_events(db_path) == [], "events left behind in the outbox"
+    last_stats = [m.payload for m in msgs if m.leaf == "stats"][-1]
+    assert len(seqs) >= last_stats["faults"]["nan_output"]
+    final = retained(broker.port, f"edge/{device}/status")
+    assert final["state"] == "offline"
+    print(f"\nSIGTERM with {backlog} events queued: {len(seqs)} delivered, exit 0 after {stop_s:.2f} s")
 
 
 # ---- 3. the outbox bound ---------------------------------------------------------------------------

@@ -38,8 +38,9 @@ from edge_agent.pipeline import Fault, Inference, Pipeline, Skipped
 from edge_agent.runtime.backends import select_backend
 from edge_agent.runtime.worker import BackendFactory
 from edge_agent.service import Notifier
-from edge_agent.sources import FrameSource, SourceProblem, open_source
+from edge_agent.sources import SourceProblem, open_source
 from edge_agent.sources.base import Frame
+from edge_agent.sources.capture import NOTHING, CaptureThread, Nothing
 from edge_agent.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ STORAGE_RETRY_S = 10.0
 # EX_TEMPFAIL: the guard asks for a restart; systemd's Restart=on-failure performs it
 EXIT_RESTART = 75
 IDLE_SLEEP_S = 0.2
+TAKE_WAIT_S = 0.05  # the longest the loop waits for a frame before serving the broker and the watchdog
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ class Agent:
         self.stats = Stats()
         self.events = EventMerger(cfg.guard.event_interval_s)
         self.pipeline: Pipeline | None = None
-        self.source: FrameSource | None = None
+        self.source: CaptureThread | None = None
         self.state = "degraded"
         self.since = time.time()
         self._stop = threading.Event()
@@ -124,6 +126,7 @@ class Agent:
         self._last_inference_at = -1e18
         self._next_ping = 0.0
         self._watchdog_off = False
+        self._stall_after_s: float | None = None
         self.accel = AcceleratorWatch(lose_after=cfg.model.delegate_lost_after, retry_s=cfg.model.edgetpu_retry_s)
         self._tpu_wanted = False  # on the CPU because the Edge TPU failed or was missing: retry it
         self._tpu_probe: BackgroundBuild[Pipeline] | None = None
@@ -280,12 +283,16 @@ class Agent:
         self._next_source_try = now + SOURCE_RETRY_S
         names = tuple(f.name for f in self.cfg.preprocess.features) if self.cfg.preprocess else ()
         try:
-            self.source = open_source(self.cfg.source, feature_names=names)
+            src = open_source(self.cfg.source, feature_names=names)
         except SourceError as err:
             self.raise_event("source_error", "error", f"{err} (retrying every {SOURCE_RETRY_S:g} s)")
             self._set_state("degraded")
             return
-        log.info("source %s opened", self.source.name)
+        # live sources (cameras, streams, topics): the newest frame wins; files: every item counts
+        live = bool(getattr(src, "live", False))
+        self.source = CaptureThread(src, "latest" if live else "every")
+        self._stall_after_s = self.cfg.source.stall_after_s or getattr(src, "stall_after_s", None)
+        log.info("source %s opened (%s)", src.name, "live: the newest frame wins" if live else "every item")
         if self.pipeline is not None:
             self._set_state("online")
 
@@ -417,17 +424,13 @@ class Agent:
         self._pace()
         limit = self.cfg.source.max_frames
         try:
-            item = None if limit is not None and self._frames_read >= limit else self.source.read()
+            item = None if limit is not None and self._frames_read >= limit else self.source.take(TAKE_WAIT_S)
         except SourceError as err:
             # e.g. a looping CSV whose file vanished, a frozen camera: report, drop the source, reopen later
-            kind = "source_stalled" if isinstance(err, SourceStalledError) else "source_error"
-            self.raise_event(
-                kind, "error", f"{err} (reopening every {SOURCE_RETRY_S:g} s)", {"source": self.source.name}
-            )
-            self.source.close()
-            self.source = None
-            self._next_source_try = time.monotonic() + SOURCE_RETRY_S
-            self._set_state("degraded")
+            self._drop_source("source_stalled" if isinstance(err, SourceStalledError) else "source_error", str(err))
+            return
+        if item is NOTHING:
+            self._check_stall()
             return
         if item is None:
             self._source_done = True
@@ -435,6 +438,7 @@ class Agent:
             if self.cfg.source.exit_when_done:
                 self.stop()
             return
+        assert not isinstance(item, Nothing)
         self._frames_read += 1
         if isinstance(item, SourceProblem):
             self.raise_event("source_error", "warning", f"{item.source}: {item.message}", {"source": item.source})
@@ -444,6 +448,34 @@ class Agent:
         finally:
             if self.source is not None:
                 self.source.release(item)
+
+    def _drop_source(self, kind: str, message: str) -> None:
+        assert self.source is not None
+        self.raise_event(
+            kind, "error", f"{message} (reopening every {SOURCE_RETRY_S:g} s)", {"source": self.source.name}
+        )
+        self._publish_source_counters()
+        self.source.close()
+        self.source = None
+        self._next_source_try = time.monotonic() + SOURCE_RETRY_S
+        self._set_state("degraded")
+
+    def _check_stall(self) -> None:
+        """No frame for stall_after_s from a live source (a camera whose read() blocks for good, a
+        stream gone silent): say so, close it, reopen it. The watchdog pings have stopped already."""
+        if self.source is None or not self._stall_after_s or self.paused:
+            return
+        quiet = time.monotonic() - self.source.last_frame_mono
+        if quiet >= self._stall_after_s:
+            self._drop_source(
+                "source_stalled", f"{self.source.name}: no frame for {quiet:.1f} s (source.stall_after_s)"
+            )
+
+    def _publish_source_counters(self) -> None:
+        """Frames a live source skipped (a newer one arrived first) go into the stats totals."""
+        if self.source is not None:
+            self.stats.dropped += self.source.skipped
+            self.source.skipped = 0
 
     def _storage_housekeeping(self, now: float) -> None:
         """A failing state_dir: say so once per episode, retry the disk every STORAGE_RETRY_S."""
@@ -844,6 +876,7 @@ class Agent:
             self._on_result(payload)
 
     def _publish_stats(self) -> None:
+        self._publish_source_counters()
         depth = self.outbox.depth()
         outbox = {
             "depth": depth.count,

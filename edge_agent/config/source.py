@@ -33,6 +33,12 @@ class SourceConfig(Section):
     # batch jobs want that, a daemon does not
     exit_when_done: bool = False
     max_frames: int | None = Field(default=None, ge=1, description="end the source after this many frames")
+    stall_after_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=86400,
+        description="no frame for this long: source_stalled, the source is reopened (default: as the source kind says)",
+    )
 
     @model_validator(mode="after")
     def _needs_location(self) -> SourceConfig:

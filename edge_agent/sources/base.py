@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -81,3 +82,46 @@ class Stamp:
 def frame_from_pixels(stamp: Stamp, source: str, pixels: npt.NDArray[Any], order: PixelOrder) -> Frame:
     seq, ts, mono = stamp.next()
     return Frame(seq=seq, ts=ts, mono=mono, source=source, pixels=pixels, order=order)
+
+
+class SlotPool:
+    """Preallocated frame buffers, lent to frames and given back by `release()`.
+
+    Sized for the most frames a caller may hold (MIN_LENT) plus the one being filled, so steady
+    state allocates nothing. A caller that holds more than it may gets a new buffer (counted in
+    `grown`) rather than a lent one overwritten under it. Thread-safe: the capture thread
+    acquires, the consumer gives back.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any = np.uint8, count: int = MIN_LENT + 1) -> None:
+        self.shape, self.dtype = shape, np.dtype(dtype)
+        self._free = [np.zeros(shape, dtype=self.dtype) for _ in range(count)]
+        self._lent: dict[int, npt.NDArray[Any]] = {}
+        self._lock = threading.Lock()
+        self.grown = 0
+
+    def acquire(self) -> npt.NDArray[Any]:
+        with self._lock:
+            if self._free:
+                buf = self._free.pop()
+            else:
+                buf = np.zeros(self.shape, dtype=self.dtype)
+                self.grown += 1
+            self._lent[id(buf)] = buf
+            return buf
+
+    def give_back(self, arr: npt.NDArray[Any] | None) -> None:
+        """Return the buffer `arr` is (or is a view of); anything else is ignored."""
+        with self._lock:
+            while arr is not None:
+                buf = self._lent.pop(id(arr), None)
+                if buf is not None:
+                    self._free.append(buf)
+                    return
+                base = arr.base
+                arr = base if isinstance(base, np.ndarray) else None
+
+    @property
+    def lent(self) -> int:
+        with self._lock:
+            return len(self._lent)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge_agent.config import SourceConfig
-from edge_agent.sources.base import Frame, SourceProblem, Stamp, frame_from_pixels
+from edge_agent.sources.base import Frame, SlotPool, SourceProblem, Stamp, frame_from_pixels
 
 
 class SyntheticSource:
@@ -13,9 +13,8 @@ class SyntheticSource:
         self.name = f"synthetic:{cfg.pattern}:{cfg.width}x{cfg.height}"
         self._pattern = cfg.pattern
         self._rng = np.random.default_rng(cfg.seed)
-        # two preallocated slots, alternated, so a frame handed out stays intact while the
-        # next one is generated
-        self._slots = [np.zeros((cfg.height, cfg.width, 3), dtype=np.uint8) for _ in range(2)]
+        # preallocated slots: a frame handed out stays intact until it is released
+        self._slots = SlotPool((cfg.height, cfg.width, 3))
         self._stamp = Stamp()
         self._n = 0
         size = cfg.height * cfg.width * 3
@@ -54,13 +53,13 @@ class SyntheticSource:
                 buf[:, i * bar : (i + 1) * bar] = colors[(i + self._n) % 8]
 
     def read(self) -> Frame | SourceProblem | None:
-        buf = self._slots[self._n % 2]
+        buf = self._slots.acquire()
         self._fill(buf)
         self._n += 1
         return frame_from_pixels(self._stamp, f"synthetic#{self._n}", buf, "bgr")
 
     def release(self, frame: Frame) -> None:
-        """Nothing to give back: frames are not lent from a reused buffer."""
+        self._slots.give_back(frame.pixels)
 
     def close(self) -> None:
-        self._slots = []
+        """Nothing to close: the slots go with the source."""

@@ -1,0 +1,152 @@
+"""Capture in its own thread, so that a source that blocks (a camera waiting for its next frame,
+a stream that went silent, a folder waiting for its next file) never blocks the agent's loop.
+
+Two policies, by the kind of source:
+- "latest" for live sources (cameras, streams, sensor topics): the thread reads as fast as the
+  source delivers and keeps only the newest frame; a frame replaced before the consumer took it
+  is released at once and counted in `skipped`. The consumer always gets the freshest frame.
+- "every" for sources whose every item matters (files, folders, CSV rows): the thread reads one
+  item ahead and waits until it is taken, so decoding the next file overlaps inference of the
+  current one and nothing is skipped.
+
+Problems with one input (`SourceProblem`) are passed on in order, never replaced. A
+`SourceError` raised by the source ends the thread and is raised by `take()`; so is an
+unexpected exception (a bug in a source must not fail silently). `last_frame_mono` tells the
+agent when the last frame arrived, to notice a stall.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Literal
+
+from edge_agent.errors import SourceError
+from edge_agent.sources.base import Frame, FrameSource, SourceProblem
+
+Policy = Literal["latest", "every"]
+MAX_PROBLEMS = 256  # a flood of bad inputs is counted, not queued without bound
+JOIN_S = 2.0
+
+
+class Nothing:
+    """No item within the wait: the loop goes on with other work and asks again."""
+
+    def __repr__(self) -> str:
+        return "NOTHING"
+
+
+NOTHING = Nothing()
+
+
+class CaptureThread:
+    def __init__(self, source: FrameSource, policy: Policy) -> None:
+        self.source = source
+        self.policy = policy
+        self.skipped = 0  # frames replaced by newer ones before they were taken ("latest")
+        self.problems_dropped = 0
+        self.last_frame_mono = time.monotonic()  # the start counts, so a source that never delivers stalls too
+        self._cond = threading.Condition()
+        self._ready: Frame | None = None
+        self._problems: deque[SourceProblem] = deque()
+        self._error: SourceError | None = None
+        self._ended = False
+        self._closing = False
+        self._source_closed = False
+        self._thread = threading.Thread(target=self._run, name=f"capture:{source.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    # ---- the capture side -----------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._closing:
+                try:
+                    item = self.source.read()
+                except SourceError as err:
+                    self._finish(error=err)
+                    return
+                except Exception as err:  # noqa: BLE001 - reported as the source's failure
+                    first = str(err).splitlines()[0] if str(err) else ""
+                    self._finish(error=SourceError(f"{self.source.name} failed: {type(err).__name__}: {first}"))
+                    return
+                if item is None:
+                    self._finish()
+                    return
+                self._offer(item)
+        finally:
+            with self._cond:
+                closing = self._closing
+            if closing:
+                self._close_source()  # close() gave up waiting for a blocked read(): the thread closes it
+
+    def _offer(self, item: Frame | SourceProblem) -> None:
+        with self._cond:
+            if isinstance(item, SourceProblem):
+                if len(self._problems) >= MAX_PROBLEMS:
+                    self.problems_dropped += 1
+                else:
+                    self._problems.append(item)
+            else:
+                if self.policy == "every":
+                    # one item ahead at most: wait until the previous one is taken
+                    while self._ready is not None and not self._closing:
+                        self._cond.wait(0.1)
+                    if self._closing:
+                        self.source.release(item)
+                        return
+                elif self._ready is not None:
+                    self.source.release(self._ready)
+                    self.skipped += 1
+                self._ready = item
+                self.last_frame_mono = time.monotonic()
+            self._cond.notify_all()
+
+    def _finish(self, error: SourceError | None = None) -> None:
+        with self._cond:
+            self._error = error
+            self._ended = True
+            self._cond.notify_all()
+
+    # ---- the consumer side ----------------------------------------------------------------
+    def take(self, timeout: float) -> Frame | SourceProblem | Nothing | None:
+        """The next item: a problem (in order), the newest frame, or NOTHING if none came within
+        `timeout`; None once the source is exhausted. Raises the source's SourceError."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._problems or self._ready is not None or self._ended, timeout)
+            if self._problems:
+                return self._problems.popleft()
+            if self._ready is not None:
+                frame, self._ready = self._ready, None
+                self._cond.notify_all()
+                return frame
+            if self._error is not None:
+                raise self._error
+            return None if self._ended else NOTHING
+
+    def release(self, frame: Frame) -> None:
+        self.source.release(frame)
+
+    def close(self) -> None:
+        """Stop the thread and close the source. A read() that does not return within JOIN_S is
+        left to the thread, which closes the source when it does."""
+        with self._cond:
+            self._closing = True
+            held, self._ready = self._ready, None
+            self._cond.notify_all()
+        if held is not None:
+            self.source.release(held)
+        self._thread.join(JOIN_S)
+        if not self._thread.is_alive():
+            self._close_source()
+
+    def _close_source(self) -> None:
+        with self._cond:
+            if self._source_closed:
+                return
+            self._source_closed = True
+        self.source.close()

@@ -41,7 +41,8 @@ from edge_agent.stats import Stats
 
 log = logging.getLogger(__name__)
 
-SOURCE_RETRY_S = 5.0
+# a failed source is reopened after this, doubling up to source.reconnect_max_s
+SOURCE_RETRY_MIN_S = 0.5
 STORAGE_RETRY_S = 10.0
 # EX_TEMPFAIL: the guard asks for a restart; systemd's Restart=on-failure performs it
 EXIT_RESTART = 75
@@ -87,6 +88,7 @@ class Agent:
         self._model_stamp: ModelStamp | None = None
         self._next_model_try = 0.0
         self._next_source_try = 0.0
+        self._source_retry_s = SOURCE_RETRY_MIN_S  # the next wait; reset by a frame
         self._next_stats = 0.0
         self._last_frame_at = 0.0
         self._source_done = False
@@ -257,17 +259,24 @@ class Agent:
     def _try_open_source(self, now: float) -> None:
         if now < self._next_source_try:
             return
-        self._next_source_try = now + SOURCE_RETRY_S
         names = tuple(f.name for f in self.cfg.preprocess.features) if self.cfg.preprocess else ()
         try:
             self.source = open_source(self.cfg.source, feature_names=names)
         except SourceError as err:
-            self.raise_event("source_error", "error", f"{err} (retrying every {SOURCE_RETRY_S:g} s)")
+            delay = self._source_backoff()
+            self.raise_event("source_error", "error", f"{err} (retrying in {delay:g} s)")
             self._set_state("degraded")
             return
         log.info("source %s opened", self.source.name)
         if self.pipeline is not None:
             self._set_state("online")
+
+    def _source_backoff(self) -> float:
+        """Schedule the next open of a failed source; the wait doubles while it keeps failing."""
+        delay = self._source_retry_s
+        self._next_source_try = time.monotonic() + delay
+        self._source_retry_s = min(delay * 2, self.cfg.source.reconnect_max_s)
+        return delay
 
     # ---- the loop -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -327,6 +336,7 @@ class Agent:
                 self.source = None
                 self._source_done = False
                 self._next_source_try = 0.0
+                self._source_retry_s = SOURCE_RETRY_MIN_S
             self.cfg = new
             self._set_pipeline(pipeline)
             self._next_model_try = 0.0
@@ -396,12 +406,10 @@ class Agent:
         except SourceError as err:
             # e.g. a looping CSV whose file vanished, a frozen camera: report, drop the source, reopen later
             kind = "source_stalled" if isinstance(err, SourceStalledError) else "source_error"
-            self.raise_event(
-                kind, "error", f"{err} (reopening every {SOURCE_RETRY_S:g} s)", {"source": self.source.name}
-            )
+            delay = self._source_backoff()
+            self.raise_event(kind, "error", f"{err} (reopening in {delay:g} s)", {"source": self.source.name})
             self.source.close()
             self.source = None
-            self._next_source_try = time.monotonic() + SOURCE_RETRY_S
             self._set_state("degraded")
             return
         if item is None:
@@ -414,6 +422,8 @@ class Agent:
         if isinstance(item, SourceProblem):
             self.raise_event("source_error", "warning", f"{item.source}: {item.message}", {"source": item.source})
             return
+        # frames flow again: the next failure is retried quickly
+        self._source_retry_s = SOURCE_RETRY_MIN_S
         try:
             self._handle(item)
         finally:

@@ -46,7 +46,9 @@ class SourceConfig(Section):
     opencv_capture_size: tuple[int, int] | None = Field(
         default=None, description="[width, height] asked of a V4L2 device; default: the device's own"
     )
-    opencv_capture_fps: float | None = Field(default=None, gt=0, le=1000, description="frame rate asked of a V4L2 device")
+    opencv_capture_fps: float | None = Field(
+        default=None, gt=0, le=1000, description="frame rate asked of a V4L2 device"
+    )
     opencv_fourcc: str | None = Field(
         default=None, min_length=4, max_length=4, description='pixel format asked of a V4L2 device, e.g. "MJPG", "YUYV"'
     )
@@ -66,7 +68,9 @@ class SourceConfig(Section):
     @model_validator(mode="after")
     def _opencv_options(self) -> SourceConfig:
         if self.opencv_capture_size is not None and not all(1 <= v <= 8192 for v in self.opencv_capture_size):
-            raise ValueError(f"source.opencv_capture_size: [width, height] in 1..8192, got {list(self.opencv_capture_size)}")
+            raise ValueError(
+                f"source.opencv_capture_size: [width, height] in 1..8192, got {list(self.opencv_capture_size)}"
+            )
         device_only = ("opencv_capture_size", "opencv_capture_fps", "opencv_fourcc")
         for key in device_only:
             if getattr(self, key) is not None and (self.kind != "opencv" or self.device is None):
@@ -74,9 +78,7 @@ class SourceConfig(Section):
         if self.kind != "opencv":
             return self
         if isinstance(self.device, str) and not self.device.startswith("/"):
-            raise ValueError(
-                f"source.device: a V4L2 index (0) or an absolute path (/dev/video0), got {self.device!r}"
-            )
+            raise ValueError(f"source.device: a V4L2 index (0) or an absolute path (/dev/video0), got {self.device!r}")
         if isinstance(self.device, int) and not 0 <= self.device <= 255:
             raise ValueError(f"source.device: a V4L2 index in 0..255, got {self.device}")
         return self

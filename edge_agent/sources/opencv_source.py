@@ -174,12 +174,8 @@ class OpenCvSource:
         slot = self._free[0]
         buf = self._slots[slot]
         started = time.monotonic()
-        try:
-            ok, img = self._cap.read(image=buf)
-        except cv2.error as err:
-            ok, img = False, None
-            log.debug("%s: read raised %s", self.name, _first_line(err))
-        if not ok or img is None:
+        img = self._decode_into(self._cap, buf)
+        if img is None:
             return self._failed(time.monotonic() - started)
         if img is not buf:
             # the first frame, or a new size after the stream changed: from now on OpenCV
@@ -195,7 +191,16 @@ class OpenCvSource:
         self._lent[frame.seq] = slot
         return frame
 
-    def _failed(self, took_s: float) -> SourceProblem | None:
+    def _decode_into(self, cap: cv2.VideoCapture, buf: np.ndarray | None) -> np.ndarray | None:
+        """The next frame, decoded into `buf` when its size fits (OpenCV allocates otherwise)."""
+        try:
+            ok, img = cap.read(image=buf)
+        except cv2.error as err:
+            log.debug("%s: read raised %s", self.name, _first_line(err))
+            return None
+        return img if ok and isinstance(img, np.ndarray) else None
+
+    def _failed(self, took_s: float) -> Frame | SourceProblem | None:
         t = self._target
         if t.kind == "file":
             return self._end_of_file()
@@ -210,7 +215,7 @@ class OpenCvSource:
         cause = "the connection closed" if t.kind == "stream" else "the camera was unplugged or failed"
         raise SourceError(f"{t.label}: the {what} stopped after {self._pass_frames} frame(s) ({cause})")
 
-    def _end_of_file(self) -> SourceProblem | None:
+    def _end_of_file(self) -> Frame | SourceProblem | None:
         n, expected = self._pass_frames, self._expected
         self._ended = True
         if n == 0:

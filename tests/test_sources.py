@@ -490,5 +490,7 @@ def test_synthetic_bars_move_one_bar_per_frame() -> None:
 
 
 def test_unknown_kind_is_a_source_error() -> None:
+    # a kind the config knows but this build does not: built without validation, since every
+    # valid kind may have its source by now
     with pytest.raises(SourceError, match="not available"):
-        open_source(SourceConfig(kind="opencv", device=0))
+        open_source(SourceConfig.model_construct(kind="no-such-kind"))  # type: ignore[arg-type]

@@ -45,7 +45,8 @@ from edge_agent.stats import Stats
 
 log = logging.getLogger(__name__)
 
-SOURCE_RETRY_S = 5.0
+# a failed source is reopened after this, doubling up to source.reconnect_max_s
+SOURCE_RETRY_MIN_S = 0.5
 STORAGE_RETRY_S = 10.0
 # EX_TEMPFAIL: the guard asks for a restart; systemd's Restart=on-failure performs it
 EXIT_RESTART = 75
@@ -95,6 +96,7 @@ class Agent:
         self._model_stamp: ModelStamp | None = None
         self._next_model_try = 0.0
         self._next_source_try = 0.0
+        self._source_retry_s = SOURCE_RETRY_MIN_S  # the next wait; reset by a frame
         self._next_stats = 0.0
         self._last_frame_at = 0.0
         self._source_done = False
@@ -280,12 +282,12 @@ class Agent:
     def _try_open_source(self, now: float) -> None:
         if now < self._next_source_try:
             return
-        self._next_source_try = now + SOURCE_RETRY_S
         names = tuple(f.name for f in self.cfg.preprocess.features) if self.cfg.preprocess else ()
         try:
             src = open_source(self.cfg.source, feature_names=names)
         except SourceError as err:
-            self.raise_event("source_error", "error", f"{err} (retrying every {SOURCE_RETRY_S:g} s)")
+            delay = self._source_backoff()
+            self.raise_event("source_error", "error", f"{err} (retrying in {delay:g} s)")
             self._set_state("degraded")
             return
         # live sources (cameras, streams, topics): the newest frame wins; files: every item counts
@@ -295,6 +297,13 @@ class Agent:
         log.info("source %s opened (%s)", src.name, "live: the newest frame wins" if live else "every item")
         if self.pipeline is not None:
             self._set_state("online")
+
+    def _source_backoff(self) -> float:
+        """Schedule the next open of a failed source; the wait doubles while it keeps failing."""
+        delay = self._source_retry_s
+        self._next_source_try = time.monotonic() + delay
+        self._source_retry_s = min(delay * 2, self.cfg.source.reconnect_max_s)
+        return delay
 
     # ---- the loop -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -356,6 +365,7 @@ class Agent:
                 self.source = None
                 self._source_done = False
                 self._next_source_try = 0.0
+                self._source_retry_s = SOURCE_RETRY_MIN_S
             self.cfg = new
             self._set_pipeline(pipeline)
             self._next_model_try = 0.0
@@ -443,6 +453,8 @@ class Agent:
         if isinstance(item, SourceProblem):
             self.raise_event("source_error", "warning", f"{item.source}: {item.message}", {"source": item.source})
             return
+        # frames flow again: the next failure is retried quickly
+        self._source_retry_s = SOURCE_RETRY_MIN_S
         try:
             self._handle(item)
         finally:
@@ -451,13 +463,11 @@ class Agent:
 
     def _drop_source(self, kind: str, message: str) -> None:
         assert self.source is not None
-        self.raise_event(
-            kind, "error", f"{message} (reopening every {SOURCE_RETRY_S:g} s)", {"source": self.source.name}
-        )
+        delay = self._source_backoff()
+        self.raise_event(kind, "error", f"{message} (reopening in {delay:g} s)", {"source": self.source.name})
         self._publish_source_counters()
         self.source.close()
         self.source = None
-        self._next_source_try = time.monotonic() + SOURCE_RETRY_S
         self._set_state("degraded")
 
     def _check_stall(self) -> None:

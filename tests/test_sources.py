@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from edge_agent.config import SourceConfig
 from edge_agent.errors import SourceError
 from edge_agent.sources import Frame, SourceProblem, open_source
+from edge_agent.sources.base import MIN_LENT
 from edge_agent.sources.csv_rows import CsvRowSource
 from edge_agent.sources.images import ImageFolderSource
 from edge_agent.sources.synthetic import SyntheticSource
@@ -446,13 +447,17 @@ def test_synthetic_noise_is_deterministic_per_seed() -> None:
 
 
 @pytest.mark.parametrize("pattern", ["noise", "gradient", "bars"])
-def test_synthetic_reuses_two_buffers(pattern: str) -> None:
+def test_synthetic_reuses_its_slots_once_released(pattern: str) -> None:
+    """Frames are lent from a pool: released ones are reused, held ones never overwritten."""
     src = _synthetic(pattern=pattern, width=24, height=16)
-    frames = [_frame(src.read()) for _ in range(8)]
-    ids = [id(f.pixels) for f in frames]
-    assert len(set(ids)) == 2
-    assert ids[0] != ids[1]
-    assert all(ids[i] == ids[i % 2] for i in range(len(ids)))
+    ids = []
+    for _ in range(12):
+        f = _frame(src.read())
+        ids.append(id(f.pixels))
+        src.release(f)
+    assert len(set(ids)) == 1, "a released slot is the next one filled"
+    held = [_frame(src.read()) for _ in range(MIN_LENT)]
+    assert len({id(f.pixels) for f in held}) == MIN_LENT, "held frames each have their own slot"
 
 
 def test_synthetic_previous_frame_survives_the_next_read() -> None:
@@ -490,5 +495,7 @@ def test_synthetic_bars_move_one_bar_per_frame() -> None:
 
 
 def test_unknown_kind_is_a_source_error() -> None:
+    # a kind the config knows but this build does not: built without validation, since every
+    # valid kind may have its source by now
     with pytest.raises(SourceError, match="not available"):
-        open_source(SourceConfig(kind="opencv", device=0))
+        open_source(SourceConfig.model_construct(kind="no-such-kind"))  # type: ignore[arg-type]

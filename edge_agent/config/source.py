@@ -39,6 +39,25 @@ class SourceConfig(Section):
         le=86400,
         description="no frame for this long: source_stalled, the source is reopened (default: as the source kind says)",
     )
+    # ---- opencv ----
+    # the agent closes a source that failed (a dropped stream, a vanished camera or file) and
+    # reopens it after 0.5 s, doubling the wait up to this limit until a frame comes again
+    reconnect_max_s: float = Field(default=30.0, ge=0.5, le=3600, description="longest wait between two reopens")
+    opencv_open_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="a stream that has not answered by then is a failed open"
+    )
+    opencv_read_timeout_s: float = Field(
+        default=5.0, gt=0, le=600, description="a stream or camera without a frame for this long has stalled"
+    )
+    opencv_capture_size: tuple[int, int] | None = Field(
+        default=None, description="[width, height] asked of a V4L2 device; default: the device's own"
+    )
+    opencv_capture_fps: float | None = Field(
+        default=None, gt=0, le=1000, description="frame rate asked of a V4L2 device"
+    )
+    opencv_fourcc: str | None = Field(
+        default=None, min_length=4, max_length=4, description='pixel format asked of a V4L2 device, e.g. "MJPG", "YUYV"'
+    )
 
     @model_validator(mode="after")
     def _needs_location(self) -> SourceConfig:
@@ -50,4 +69,22 @@ class SourceConfig(Section):
             raise ValueError("source.topic: required when source.kind = 'mqtt'")
         if self.url is not None and not self.url.startswith(("rtsp://", "rtsps://", "http://", "https://")):
             raise ValueError(f"source.url: must start with rtsp://, rtsps://, http:// or https://, got {self.url!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _opencv_options(self) -> SourceConfig:
+        if self.opencv_capture_size is not None and not all(1 <= v <= 8192 for v in self.opencv_capture_size):
+            raise ValueError(
+                f"source.opencv_capture_size: [width, height] in 1..8192, got {list(self.opencv_capture_size)}"
+            )
+        device_only = ("opencv_capture_size", "opencv_capture_fps", "opencv_fourcc")
+        for key in device_only:
+            if getattr(self, key) is not None and (self.kind != "opencv" or self.device is None):
+                raise ValueError(f"source.{key}: only applies to a V4L2 camera (source.kind = 'opencv' with device)")
+        if self.kind != "opencv":
+            return self
+        if isinstance(self.device, str) and not self.device.startswith("/"):
+            raise ValueError(f"source.device: a V4L2 index (0) or an absolute path (/dev/video0), got {self.device!r}")
+        if isinstance(self.device, int) and not 0 <= self.device <= 255:
+            raise ValueError(f"source.device: a V4L2 index in 0..255, got {self.device}")
         return self

@@ -23,4 +23,8 @@ def open_source(cfg: SourceConfig, *, feature_names: tuple[str, ...] = ()) -> Fr
         from edge_agent.sources.csv_rows import CsvRowSource  # noqa: PLC0415
 
         return CsvRowSource(cfg, feature_names=feature_names)
+    if cfg.kind == "opencv":
+        from edge_agent.sources.opencv_source import OpenCvSource  # noqa: PLC0415
+
+        return OpenCvSource(cfg)
     raise SourceError(f"source.kind = {cfg.kind!r} is not available in this version of edge-agent")

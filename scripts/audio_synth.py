@@ -4,13 +4,13 @@ Pure NumPy, imported by ``make_models.py`` (training clips), ``verify_models.py`
 clips at the model's rate) and the tests (held-out clips at other rates, written as WAV
 files and fed through the agent). ``clip(cls, seconds, rate, rng)`` draws one clip of a
 class at any sample rate, so the same recipe yields 48 kHz training data and 44.1 kHz test
-files. Every clip has a faint noise floor (so two windows are never bit-identical, as no
-real recording is) and a random gain.
+files. Every clip has a random gain and a faint noise floor (so two windows are never
+bit-identical, as no real recording is), coloured and band-limited like the noise class.
 
 * ``tone``: one steady sinusoid, 150 Hz to 8 kHz.
 * ``chirp``: an exponential sweep, 2 to 8 octaves per second up or down, wrapping around
   inside 150 Hz to 12 kHz (so any 0.5 s window sweeps at least one octave).
-* ``noise``: noise with a random spectral tilt and low-pass cutoff (4 to 20 kHz).
+* ``noise``: noise with a random spectral tilt and low-pass cutoff (4 kHz to half the rate).
 * ``pulses``: tone bursts of 15 to 60 ms at 4 to 12 per second, 300 Hz to 6 kHz.
 """
 
@@ -27,10 +27,6 @@ WINDOW = int(RATE * WINDOW_S)
 def _gain(rng: np.random.Generator) -> float:
     # peak between -26 dBFS and -1 dBFS
     return float(10.0 ** (rng.uniform(-26.0, -1.0) / 20.0))
-
-
-def _floor(n: int, rng: np.random.Generator, level: float) -> np.ndarray:
-    return rng.normal(0.0, level, n)
 
 
 def tone(n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
@@ -56,7 +52,7 @@ def noise(n: int, rate: int, rng: np.random.Generator) -> np.ndarray:
     spec = np.fft.rfft(white)
     f = np.fft.rfftfreq(n, 1.0 / rate)
     tilt = rng.uniform(-1.0, 0.5)  # 0 = white, -1 = pink-ish (power ~ 1/f^2), >0 = bright
-    cutoff = rng.uniform(4000.0, min(20000.0, rate / 2))
+    cutoff = rng.uniform(4000.0, rate / 2)
     shape = np.where(f > 0, (np.maximum(f, 20.0) / 1000.0) ** tilt, 0.0) * (f <= cutoff)
     out = np.fft.irfft(spec * shape, n)
     return out / (np.max(np.abs(out)) + 1e-12)
@@ -82,8 +78,10 @@ def clip(cls: str, seconds: float, rate: int, rng: np.random.Generator) -> np.nd
     n = round(seconds * rate)
     x = MAKERS[cls](n, rate, rng)
     x = x / (np.max(np.abs(x)) + 1e-12) * _gain(rng)
+    # the floor is coloured and band-limited too, as in a recording made at a lower rate or
+    # resampled: an empty top band must not be what tells noise from the other classes
     floor = float(np.max(np.abs(x))) * 10.0 ** (rng.uniform(-60.0, -35.0) / 20.0)
-    return np.clip(x + _floor(n, rng, floor), -1.0, 1.0)
+    return np.clip(x + floor * noise(n, rate, rng), -1.0, 1.0)
 
 
 def dataset(per_class: int, seconds: float, rate: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

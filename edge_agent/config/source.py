@@ -33,6 +33,22 @@ class SourceConfig(Section):
     # batch jobs want that, a daemon does not
     exit_when_done: bool = False
     max_frames: int | None = Field(default=None, ge=1, description="end the source after this many frames")
+    # ---- wav ----
+    wav_sample_rate: int | None = Field(
+        default=None, ge=1000, le=384000, description="the model's sample rate (Hz); files at other rates are resampled"
+    )
+    wav_window_s: float | None = Field(
+        default=None, gt=0, le=60, description="window length in seconds; default: the model's input length"
+    )
+    wav_hop_s: float | None = Field(
+        default=None, gt=0, le=3600, description="from one window's start to the next; default: the window (no overlap)"
+    )
+    wav_scale: Literal["float", "int16"] = Field(
+        default="float", description='samples as the model takes them: "float" in [-1, 1], "int16" in [-32768, 32767]'
+    )
+    wav_pad_last: bool = Field(
+        default=False, description="zero-pad a file's last partial window instead of dropping it"
+    )
 
     @model_validator(mode="after")
     def _needs_location(self) -> SourceConfig:
@@ -44,4 +60,10 @@ class SourceConfig(Section):
             raise ValueError("source.topic: required when source.kind = 'mqtt'")
         if self.url is not None and not self.url.startswith(("rtsp://", "rtsps://", "http://", "https://")):
             raise ValueError(f"source.url: must start with rtsp://, rtsps://, http:// or https://, got {self.url!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _wav_rate(self) -> SourceConfig:
+        if self.kind == "wav" and self.wav_sample_rate is None:
+            raise ValueError("source.wav_sample_rate: required when source.kind = 'wav' (the model's rate, e.g. 48000)")
         return self

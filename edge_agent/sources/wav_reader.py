@@ -212,7 +212,8 @@ class WavReader:
             ints = np.frombuffer(raw, dtype=self._dtype).reshape(n, ch)
             scale = self._scale
         wide = self._wide[:n]
-        np.copyto(wide, ints, casting="unsafe")
+        with np.errstate(over="ignore"):  # float64 past float32's range becomes Inf, caught below
+            np.copyto(wide, ints, casting="unsafe")
         if self._offset:
             wide += self._offset
         mono = self._mono[:n]
@@ -226,7 +227,7 @@ class WavReader:
         if self.info.is_float and not np.isfinite(np.sum(mono, dtype=np.float64)):
             bad = int(np.count_nonzero(~np.isfinite(mono)))
             at = (self.info.frames - (self._left + got) // block) / self.info.rate
-            raise WavFormatError(f"{bad} NaN/Inf sample(s) in the chunk at {at:.3f} s")
+            raise WavFormatError(f"{bad} NaN/Inf sample(s) (or past float32's range) in the chunk at {at:.3f} s")
         return mono
 
     def close(self) -> None:

@@ -51,6 +51,10 @@ STORAGE_RETRY_S = 10.0
 # EX_TEMPFAIL: the guard asks for a restart; systemd's Restart=on-failure performs it
 EXIT_RESTART = 75
 IDLE_SLEEP_S = 0.2
+# sources configured from the model's input: opened after the model
+MODEL_SHAPED_SOURCES = ("wav", "picamera2")
+# an event names the values of a sensor row; longer vectors (audio windows) are summarised
+EVIDENCE_VALUES_MAX = 64
 TAKE_WAIT_S = 0.05  # the longest the loop waits for a frame before serving the broker and the watchdog
 
 
@@ -283,8 +287,12 @@ class Agent:
         if now < self._next_source_try:
             return
         names = tuple(f.name for f in self.cfg.preprocess.features) if self.cfg.preprocess else ()
+        p = self.pipeline
+        if p is None and self.cfg.source.kind in MODEL_SHAPED_SOURCES:
+            return  # opened once the model says its input size (the camera's stream, the audio window)
+        size = int(np.prod(p.model.inputs[0].shape)) if p is not None else None
         try:
-            src = open_source(self.cfg.source, feature_names=names)
+            src = open_source(self.cfg.source, feature_names=names, input_length=size)
         except SourceError as err:
             delay = self._source_backoff()
             self.raise_event("source_error", "error", f"{err} (retrying in {delay:g} s)")
@@ -792,8 +800,20 @@ class Agent:
         if frame.pixels is not None:
             lo, hi, _, _ = cv2.minMaxLoc(frame.pixels.reshape(frame.pixels.shape[0], -1))
             ev["frame"]["pixels"] = {"min": lo, "max": hi, "mean": round(float(np.mean(cv2.mean(frame.pixels)[:3])), 3)}
-        elif frame.values is not None:
+        elif frame.values is not None and frame.values.size <= EVIDENCE_VALUES_MAX:
             ev["frame"]["values"] = [None if not math.isfinite(v) else v for v in frame.values.tolist()]
+        elif frame.values is not None:
+            v = frame.values
+            finite = v[np.isfinite(v)]
+            ev["frame"]["values_summary"] = {
+                "n": int(v.size),
+                "non_finite": int(v.size - finite.size),
+                **(
+                    {"min": float(finite.min()), "max": float(finite.max()), "mean": round(float(finite.mean()), 6)}
+                    if finite.size
+                    else {}
+                ),
+            }
         return ev
 
     def _escalate(self, step: str | None) -> None:

@@ -8,7 +8,8 @@ conversion are preallocated, and scale, mean, std and quantization are folded in
     q        = clip(round_half_away(prepared / tensor_scale) + zero_point)   (integer tensors)
 
 so the per-frame work is: resize → (color convert) → one table pass into the tensor.
-Vectors (sensor rows) get per-feature standardization and imputation.
+Vectors (sensor rows) get per-feature standardization and imputation; a vector with no
+`[[preprocess.features]]` into a float tensor (an audio window) is copied straight in.
 """
 
 from __future__ import annotations
@@ -481,6 +482,9 @@ class VectorPlan:
         self._work = np.empty(size, dtype=np.float64)
         self.last_z: npt.NDArray[np.float64] | None = None
         self.skip_missing = skip_missing
+        # raw samples (an audio window of 144 000 values, no features): one converting copy
+        # into a float tensor, with no per-frame allocation
+        self.raw = not features and not info.is_integer
         self._bounds = [
             (i, -math.inf if f.min is None else f.min, math.inf if f.max is None else f.max)
             for i, f in enumerate(features)
@@ -501,7 +505,10 @@ class VectorPlan:
             for f in self.features
         ]
         if not self.features:
-            lines.append("  no [[preprocess.features]]: values are fed as they come")
+            lines.append(
+                "  no [[preprocess.features]]: values are fed as they come"
+                + (" (copied straight into the tensor)" if self.raw else "")
+            )
         return lines
 
     def impute(self, values: npt.NDArray[np.float64]) -> tuple[npt.NDArray[np.float64], list[str]] | None:
@@ -535,6 +542,12 @@ class VectorPlan:
         """Write one row into the tensor; None when the row is skipped."""
         if values.shape != (self.size,):
             raise PreprocessError(f"row has {values.size} values, the model takes {self.size}")
+        # a NaN or Inf makes the sum non-finite (as does a sum past float64's range, which
+        # then takes the general path); np.sum makes no temporary array, np.isnan would
+        if self.raw and math.isfinite(float(np.sum(values))):
+            np.copyto(tensor.reshape(-1), values, casting="same_kind")
+            self.last_z = None  # only features have z-scores; and `values` may be a lent buffer
+            return NOTHING
         imputed = self.impute(values)
         if imputed is None:
             return None

@@ -22,6 +22,10 @@ Writes, deterministically (fixed seeds, op determinism):
 * ``invoke_error.tflite``: allocates fine, ``invoke()`` always fails (gather out of bounds).
 * ``unstable.tflite``: like sensor (same features, split and standardisation) with an
   engineered ``sqrt(1 + z_bmi)`` input: NaN for z_bmi < -1 (about 1 row in 5, in range).
+* ``audio.tflite`` + ``audio_labels.txt``: a sound classifier (tone, chirp, noise, pulses)
+  on 0.5 s windows of 48 kHz float samples in [-1, 1]; the log-magnitude STFT is inside the
+  graph (RFFT2D builtin). Trained and held out on clips from ``audio_synth.py``
+  (``--only audio`` rebuilds just this one and its manifest entry).
 * ``manifest.json``: files, hashes, tensors, transforms, and numbers measured through
   ai-edge-litert by ``scripts/verify_models.py``.
 """
@@ -305,6 +309,117 @@ def build_invoke_error():
     return convert(m.__call__.get_concrete_function(), m)
 
 
+AUDIO_TRAIN_SEED = 1042
+AUDIO_HELDOUT_SEED = 2042  # verify_models.py draws the held-out clips with this seed
+AUDIO_HELDOUT_PER_CLASS = 50
+
+
+def build_audio():
+    """Log-magnitude STFT (512/256, Hann) → minus its own maximum (gain invariant) → small
+    CNN → softmax over audio_synth.CLASSES. Input [1, 24000] float32 samples in [-1, 1]."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow import keras
+
+    import audio_synth
+
+    n = audio_synth.WINDOW
+
+    def spectrogram(x):
+        s = tf.abs(tf.signal.stft(x, frame_length=512, frame_step=256, fft_length=512))
+        s = tf.math.log(s[:, :, :256] + 1e-3)  # drop the Nyquist bin: 256 bins of 93.75 Hz
+        s = s - tf.reduce_max(s, axis=[1, 2], keepdims=True)
+        return s[:, :, :, None]
+
+    seed_everything()
+    inp = keras.Input((n,), name="samples")
+    h = keras.layers.Lambda(spectrogram, name="log_stft")(inp)
+    h = keras.layers.AveragePooling2D((1, 4))(h)  # 64 bands of 375 Hz
+    h = keras.layers.Conv2D(16, 5, padding="same", activation="relu")(h)
+    h = keras.layers.MaxPooling2D(2)(h)
+    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(h)
+    h = keras.layers.MaxPooling2D(2)(h)
+    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(h)
+    h = keras.layers.Concatenate()(
+        [keras.layers.GlobalMaxPooling2D()(h), keras.layers.GlobalAveragePooling2D()(h)]
+    )
+    h = keras.layers.Dense(32, activation="relu")(h)
+    logits = keras.layers.Dense(len(audio_synth.CLASSES))(h)
+    model = keras.Model(inp, keras.layers.Softmax(name="probabilities")(logits))
+    x, y = audio_synth.dataset(500, audio_synth.WINDOW_S, audio_synth.RATE, AUDIO_TRAIN_SEED)
+    train(model, x, y, epochs=12, loss="sparse_categorical_crossentropy", batch_size=32)
+    xh, yh = audio_synth.dataset(
+        AUDIO_HELDOUT_PER_CLASS, audio_synth.WINDOW_S, audio_synth.RATE, AUDIO_HELDOUT_SEED
+    )
+    acc = float(np.mean(np.argmax(model.predict(xh, verbose=0), axis=1) == yh))
+    print(f"audio: held-out accuracy in TensorFlow {acc:.4f}", flush=True)
+    return convert(concrete_fn(model, [1, n]), model)
+
+
+def audio_entry(labels_name):
+    import audio_synth
+
+    return {
+        "file": "audio.tflite", "role": "audio",
+        "transform": {
+            "kind": "audio", "rate": audio_synth.RATE, "window": audio_synth.WINDOW,
+            "scale": "float",
+            "heldout": {"generator": "scripts/audio_synth.py dataset()",
+                        "seed": AUDIO_HELDOUT_SEED, "per_class": AUDIO_HELDOUT_PER_CLASS,
+                        "seconds": audio_synth.WINDOW_S},
+        },
+        "labels": labels_name, "metadata": None,
+        "notes": "float32 [1, 24000]: 0.5 s of mono samples at 48 kHz in [-1, 1] "
+                 "([source] kind = \"wav\", wav_scale = \"float\"); output softmax over "
+                 + ", ".join(audio_synth.CLASSES) + ". The log-magnitude STFT (frame 512, hop "
+                 "256, Hann; RFFT2D) is inside the graph, normalized by its own maximum, so "
+                 "the gain does not matter. Trained on synthesized clips (audio_synth.py, "
+                 f"seed {AUDIO_TRAIN_SEED}); measured on clips drawn with seed "
+                 f"{AUDIO_HELDOUT_SEED}.",
+    }
+
+
+def write_audio():
+    import audio_synth
+
+    labels_path = OUT / "audio_labels.txt"
+    labels_path.write_text("".join(f"{c}\n" for c in audio_synth.CLASSES))
+    (OUT / "audio.tflite").write_bytes(build_audio())
+    return audio_entry(labels_path.name)
+
+
+def fill_measured(verify_python):
+    """Measure through ai-edge-litert (the runtime), in the runtime's Python."""
+    res = verify(verify_python, "--json", "--no-manifest-metrics")
+    if res.returncode not in (0, 1) or not res.stdout.strip():
+        sys.exit(f"verify failed:\n{res.stdout}\n{res.stderr}")
+    return json.loads(res.stdout)["results"]
+
+
+def final_check(verify_python, t0):
+    res = verify(verify_python)
+    print(res.stdout, res.stderr, sep="")
+    big = [p for p in OUT.rglob("*") if p.is_file() and p.stat().st_size >= MAX_BYTES]
+    if res.returncode or big:
+        sys.exit(f"verification failed (oversize: {big})")
+    print(f"done in {time.time() - t0:.0f}s")
+
+
+def only_audio(verify_python, t0):
+    """Rebuild the audio model alone and its manifest entry; the other models are kept."""
+    mpath = OUT / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    entry = write_audio()
+    manifest["models"]["audio"] = entry
+    mpath.write_text(json.dumps(manifest, indent=1) + "\n")
+    r = fill_measured(verify_python)[entry["file"]]
+    for key in ("size", "sha256", "inputs", "outputs"):
+        entry[key] = r[key]
+    entry["measured"] = {"via": "ai-edge-litert", **r["heldout"]}
+    mpath.write_text(json.dumps(manifest, indent=1) + "\n")
+    final_check(verify_python, t0)
+
+
 # --------------------------------------------------------------------------- metadata
 
 
@@ -382,6 +497,8 @@ def main():
     ap = argparse.ArgumentParser(description="Build the bundled test models (dev only).")
     ap.add_argument("--verify-python", help="Python with numpy, opencv and ai-edge-litert")
     ap.add_argument("--metadata-child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--only", choices=["all", "audio"], default="all",
+                    help="audio: rebuild only audio.tflite and its manifest entry")
     args = ap.parse_args()
     if args.metadata_child:
         m, labels, mean, std, out = args.metadata_child
@@ -398,6 +515,9 @@ def main():
     import tensorflow as tf
 
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.only == "audio":
+        only_audio(verify_python, t0)
+        return
     frames, y = digits_frames()
     tr, te = split(len(y), y)
 
@@ -438,6 +558,8 @@ def main():
     print(f"sensor trained/converted ({time.time() - t0:.0f}s)", flush=True)
 
     (OUT / "invoke_error.tflite").write_bytes(build_invoke_error())
+    audio = write_audio()
+    print(f"audio trained/converted ({time.time() - t0:.0f}s)", flush=True)
 
     unstable_buf, unstable_train_nan, unstable_norm = build_unstable()
     # The same standardisation as sensor, so sensor's transform works unchanged.
@@ -528,6 +650,7 @@ def main():
                      "rows of sensor_heldout.csv that give NaN (measured.nan_csv_lines: "
                      "1-based file lines, header = line 1); r2/mae are over the other rows.",
         },
+        "audio": audio,
     }
     manifest = {
         "generator": "scripts/make_models.py",
@@ -555,11 +678,7 @@ def main():
     mpath = OUT / "manifest.json"
     mpath.write_text(json.dumps(manifest, indent=1) + "\n")
 
-    # Measure through ai-edge-litert (the runtime), in the runtime's Python.
-    res = verify(verify_python, "--json", "--no-manifest-metrics")
-    if res.returncode not in (0, 1) or not res.stdout.strip():
-        sys.exit(f"verify failed:\n{res.stdout}\n{res.stderr}")
-    measured = json.loads(res.stdout)["results"]
+    measured = fill_measured(verify_python)
     for entry in models.values():
         r = measured[entry["file"]]
         for key in ("size", "sha256", "inputs", "outputs"):
@@ -578,13 +697,7 @@ def main():
                                  "invoke_errors": r["invoke_errors"]}
             entry["invoke_error_message"] = r["invoke_error_message"]
     mpath.write_text(json.dumps(manifest, indent=1) + "\n")
-
-    res = verify(verify_python)
-    print(res.stdout, res.stderr, sep="")
-    big = [p for p in OUT.rglob("*") if p.is_file() and p.stat().st_size >= MAX_BYTES]
-    if res.returncode or big:
-        sys.exit(f"verification failed (oversize: {big})")
-    print(f"done in {time.time() - t0:.0f}s")
+    final_check(verify_python, t0)
 
 
 def md_version():

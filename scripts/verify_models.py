@@ -7,9 +7,10 @@ Needs only numpy, opencv and ai-edge-litert (the runtime venv, no TensorFlow):
     python scripts/verify_models.py --no-manifest-metrics   # skip comparing with manifest
 
 It reads ``edge_agent/bundled/manifest.json`` for each model's training transform, feeds the
-held-out data (``digits_frames/*.png``, ``sensor_heldout.csv``) through ai-edge-litert and
+held-out data (``digits_frames/*.png``, ``sensor_heldout.csv``, the audio clips that
+``audio_synth.py`` draws with the manifest's seed) through ai-edge-litert and
 measures accuracy / R² / MAE, NaN behaviour and the invoke error. It exits non-zero when a
-model misses its bar (digits >= 95 %, nan_prone >= 90 % and non-finite on raw pixels, the
+model misses its bar (digits >= 95 %, audio >= 95 %, nan_prone >= 90 % and non-finite on raw pixels, the
 invoke_error model raising, unstable finite with R² >= 0.3 exactly where z_bmi >= -1 and
 NaN exactly where z_bmi < -1, with sensor's transform), when a file is >= 300 KB, or when
 the manifest's sha256, sizes, tensor details or recorded measurements disagree with what it
@@ -42,6 +43,7 @@ DIGITS_MIN_ACC = 0.95
 NAN_PRONE_MIN_ACC = 0.90
 NAN_PRONE_MIN_NONFINITE = 0.95
 UNSTABLE_MIN_R2 = 0.3  # on the held-out rows where the model is defined (z_bmi >= -1)
+AUDIO_MIN_ACC = 0.95
 
 
 def make_interpreter(path: Path, *, default_delegates: bool = True) -> Any:
@@ -182,6 +184,8 @@ def measure(bundled: Path = BUNDLED) -> dict[str, Any]:
             }
         elif role == "unstable_regression":
             r["heldout"] = measure_unstable(interp, path, bundled, manifest, t)
+        elif role == "audio":
+            r["heldout"] = measure_audio(interp, t)
         elif role == "invoke_error":
             shape = r["inputs"][0]["shape"]
             trials = {
@@ -252,6 +256,21 @@ def measure_unstable(
     }
 
 
+def measure_audio(interp: Any, t: dict[str, Any]) -> dict[str, Any]:
+    """Held-out synthesized clips at the model's rate, drawn with the manifest's seed."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import audio_synth  # noqa: PLC0415
+
+    h = t["heldout"]
+    x, y = audio_synth.dataset(h["per_class"], h["seconds"], t["rate"], h["seed"])
+    assert x.shape[1] == t["window"], (x.shape, t["window"])
+    _, pred = classify(interp, x)
+    per_class = {
+        c: float(np.mean(pred[y == k] == k)) for k, c in enumerate(audio_synth.CLASSES)
+    }
+    return {"n": len(y), "accuracy": float(np.mean(pred == y)), "accuracy_per_class": per_class}
+
+
 def embedded_files(path: Path) -> dict[str, str]:
     """Associated files packed by the metadata populator (a zip appended to the model)."""
     data = path.read_bytes()
@@ -282,6 +301,8 @@ def check(bundled: Path, results: dict[str, Any], *, compare_manifest: bool) -> 
         h = r.get("heldout", {})
         if role == "digits" and h["accuracy"] < DIGITS_MIN_ACC:
             problems.append(f"{f}: accuracy {h['accuracy']:.4f} < {DIGITS_MIN_ACC}")
+        if role == "audio" and h["accuracy"] < AUDIO_MIN_ACC:
+            problems.append(f"{f}: accuracy {h['accuracy']:.4f} < {AUDIO_MIN_ACC}")
         if role == "nan_prone":
             if h["accuracy"] < NAN_PRONE_MIN_ACC or not h["all_outputs_finite"]:
                 problems.append(f"{f}: fed pixel/255: {h}")

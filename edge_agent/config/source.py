@@ -58,6 +58,22 @@ class SourceConfig(Section):
     opencv_fourcc: str | None = Field(
         default=None, min_length=4, max_length=4, description='pixel format asked of a V4L2 device, e.g. "MJPG", "YUYV"'
     )
+    # ---- wav ----
+    wav_sample_rate: int | None = Field(
+        default=None, ge=1000, le=384000, description="the model's sample rate (Hz); files at other rates are resampled"
+    )
+    wav_window_s: float | None = Field(
+        default=None, gt=0, le=60, description="window length in seconds; default: the model's input length"
+    )
+    wav_hop_s: float | None = Field(
+        default=None, gt=0, le=3600, description="from one window's start to the next; default: the window (no overlap)"
+    )
+    wav_scale: Literal["float", "int16"] = Field(
+        default="float", description='samples as the model takes them: "float" in [-1, 1], "int16" in [-32768, 32767]'
+    )
+    wav_pad_last: bool = Field(
+        default=False, description="zero-pad a file's last partial window instead of dropping it"
+    )
 
     @model_validator(mode="after")
     def _needs_location(self) -> SourceConfig:
@@ -87,4 +103,10 @@ class SourceConfig(Section):
             raise ValueError(f"source.device: a V4L2 index (0) or an absolute path (/dev/video0), got {self.device!r}")
         if isinstance(self.device, int) and not 0 <= self.device <= 255:
             raise ValueError(f"source.device: a V4L2 index in 0..255, got {self.device}")
+        return self
+
+    @model_validator(mode="after")
+    def _wav_rate(self) -> SourceConfig:
+        if self.kind == "wav" and self.wav_sample_rate is None:
+            raise ValueError("source.wav_sample_rate: required when source.kind = 'wav' (the model's rate, e.g. 48000)")
         return self

@@ -9,7 +9,11 @@ from edge_agent.sources.base import Frame, FrameSource, SourceProblem
 __all__ = ["Frame", "FrameSource", "SourceProblem", "open_source"]
 
 
-def open_source(cfg: SourceConfig, *, feature_names: tuple[str, ...] = ()) -> FrameSource:
+def open_source(
+    cfg: SourceConfig, *, feature_names: tuple[str, ...] = (), input_length: int | None = None
+) -> FrameSource:
+    """`input_length`: how many values the model's input takes (the `wav` window, when
+    `source.wav_window_s` does not say it)."""
     # imports are local so that a Pi without, say, picamera2 can still use the others
     if cfg.kind == "images":
         from edge_agent.sources.images import ImageFolderSource  # noqa: PLC0415
@@ -27,4 +31,8 @@ def open_source(cfg: SourceConfig, *, feature_names: tuple[str, ...] = ()) -> Fr
         from edge_agent.sources.opencv_source import OpenCvSource  # noqa: PLC0415
 
         return OpenCvSource(cfg)
+    if cfg.kind == "wav":
+        from edge_agent.sources.wav_source import WavSource  # noqa: PLC0415
+
+        return WavSource(cfg, input_length=input_length)
     raise SourceError(f"source.kind = {cfg.kind!r} is not available in this version of edge-agent")

@@ -33,6 +33,18 @@ class SourceConfig(Section):
     # batch jobs want that, a daemon does not
     exit_when_done: bool = False
     max_frames: int | None = Field(default=None, ge=1, description="end the source after this many frames")
+    # ---- picamera2 ----
+    picamera2_camera: int = Field(default=0, ge=0, le=15, description="camera index, as `rpicam-hello --list-cameras`")
+    picamera2_stream: Literal["main", "lores"] = Field(
+        default="main", description="the stream the model reads; on a Pi 4 or older only 'main' delivers RGB"
+    )
+    picamera2_size: tuple[int, int] | None = Field(
+        default=None,
+        description="[width, height] of that stream; default: the model's input size (the ISP resizes), else 640x480",
+    )
+    picamera2_stall_frames: int = Field(
+        default=10, ge=2, le=10000, description="no frame for this many frame intervals (at least 2 s) is a stall"
+    )
 
     @model_validator(mode="after")
     def _needs_location(self) -> SourceConfig:
@@ -44,4 +56,14 @@ class SourceConfig(Section):
             raise ValueError("source.topic: required when source.kind = 'mqtt'")
         if self.url is not None and not self.url.startswith(("rtsp://", "rtsps://", "http://", "https://")):
             raise ValueError(f"source.url: must start with rtsp://, rtsps://, http:// or https://, got {self.url!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _picamera2_size_even(self) -> SourceConfig:
+        size = self.picamera2_size
+        if size is not None and not all(2 <= v <= 8192 and v % 2 == 0 for v in size):
+            raise ValueError(
+                f"source.picamera2_size: width and height must be even numbers from 2 to 8192 "
+                f"(picamera2 refuses odd sizes), got {list(size)}"
+            )
         return self

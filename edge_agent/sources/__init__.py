@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from edge_agent.config import SourceConfig
 from edge_agent.errors import SourceError
-from edge_agent.sources.base import Frame, FrameSource, SourceProblem
+from edge_agent.sources.base import Frame, FrameSource, PixelOrder, SourceProblem
 
 __all__ = ["Frame", "FrameSource", "SourceProblem", "open_source"]
 
 
-def open_source(cfg: SourceConfig, *, feature_names: tuple[str, ...] = ()) -> FrameSource:
+def open_source(
+    cfg: SourceConfig,
+    *,
+    feature_names: tuple[str, ...] = (),
+    model_size: tuple[int, int] | None = None,
+    model_order: PixelOrder | None = None,
+) -> FrameSource:
+    """`model_size` (width, height) and `model_order` are what the model's input wants; a camera
+    that can deliver frames that way (picamera2) is configured so, sparing preprocessing the work."""
     # imports are local so that a Pi without, say, picamera2 can still use the others
     if cfg.kind == "images":
         from edge_agent.sources.images import ImageFolderSource  # noqa: PLC0415
@@ -23,4 +31,8 @@ def open_source(cfg: SourceConfig, *, feature_names: tuple[str, ...] = ()) -> Fr
         from edge_agent.sources.csv_rows import CsvRowSource  # noqa: PLC0415
 
         return CsvRowSource(cfg, feature_names=feature_names)
+    if cfg.kind == "picamera2":
+        from edge_agent.sources.picamera2_source import Picamera2Source  # noqa: PLC0415
+
+        return Picamera2Source(cfg, model_size=model_size, model_order=model_order)
     raise SourceError(f"source.kind = {cfg.kind!r} is not available in this version of edge-agent")

@@ -85,9 +85,7 @@ def even_size(size: tuple[int, int]) -> tuple[int, int]:
     return (w + w % 2, h + h % 2)
 
 
-def plan_stream(
-    cfg: SourceConfig, *, model_size: tuple[int, int] | None, model_order: PixelOrder | None
-) -> StreamPlan:
+def plan_stream(cfg: SourceConfig, *, model_size: tuple[int, int] | None, model_order: PixelOrder | None) -> StreamPlan:
     order: Literal["bgr", "rgb"] = "rgb" if model_order == "rgb" else "bgr"  # gray models: the plan converts
     if cfg.picamera2_size is not None:  # an explicit size wins (e.g. a letterbox model)
         size = cfg.picamera2_size
@@ -254,7 +252,7 @@ class Picamera2Source:
             cancel()
         try:
             late = job.get_result(timeout=0)
-        except BaseException:  # noqa: BLE001, S110  (cancelled or still pending: nothing was taken)
+        except BaseException:  # noqa: BLE001  (cancelled or still pending: nothing was taken)
             return
         late.release()
 

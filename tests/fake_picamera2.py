@@ -234,6 +234,8 @@ class FakePicamera2:
             except RuntimeError as e:
                 raise RuntimeError("Camera __init__ sequence did not complete.") from e
         self.camera_controls: dict[str, tuple[Any, Any, Any]] = {"FrameDurationLimits": FRAME_DURATION_LIMITS}
+        if world.platform == "pisp":  # per-stream crops (preserve_ar) exist on a Pi 5 only
+            self.camera_controls["ScalerCrops"] = ((0, 0, 64, 64), (0, 0, 4608, 2592), (0, 0, 4608, 2592))
         self.sensor_resolution = (4608, 2592)
         self.camera_config: dict[str, Any] = {}
         self.controls: dict[str, Any] = {}

@@ -46,10 +46,12 @@ def world() -> FakeWorld:
 def _source(world: FakeWorld, **cfg: object) -> Picamera2Source:
     model_size = cfg.pop("model_size", None)
     model_order = cfg.pop("model_order", None)
+    model_resize = cfg.pop("model_resize", None)
     return Picamera2Source(
         SourceConfig(kind="picamera2", **cfg),  # type: ignore[arg-type]
         model_size=model_size,  # type: ignore[arg-type]
         model_order=model_order,  # type: ignore[arg-type]
+        model_resize=model_resize,  # type: ignore[arg-type]
         camera_factory=world.api,
     )
 
@@ -97,16 +99,41 @@ def test_main_stream_at_the_model_size_in_the_model_byte_order(
 
 def test_size_rules(world: FakeWorld) -> None:
     """Odd model sizes are rounded up to even (picamera2 refuses odd ones); an explicit
-    picamera2_size wins over the model's; without either, 640x480."""
+    picamera2_size wins over the model's; without either, 640 wide in the sensor's aspect ratio
+    (the fake's IMX708 is 16:9), so the ISP crops nothing."""
     for kw, want in [
         ({"model_size": (299, 299)}, (300, 300)),
         ({"model_size": (224, 224), "picamera2_size": (320, 240)}, (320, 240)),
-        ({}, (640, 480)),
+        ({}, (640, 360)),
     ]:
         src = _source(world, **kw)
         assert _camera(world).camera_config["main"]["size"] == want
         assert src.size == want
         src.close()
+
+
+@pytest.mark.parametrize(
+    ("platform", "resize", "size", "preserve_ar"),
+    [
+        ("pisp", None, (224, 224), True),
+        ("pisp", "center_crop", (224, 224), True),  # the ISP crops to the model's aspect ratio
+        ("pisp", "stretch", (224, 224), False),  # the full field of view squeezed into it (ScalerCrops)
+        ("vc4", "stretch", (640, 360), True),  # a Pi 4 cannot stretch: preprocessing does
+        ("pisp", "letterbox", (640, 360), True),  # no ISP letterbox: preprocessing does
+    ],
+)
+def test_the_isp_resizes_only_the_way_the_model_was_trained(
+    platform: str, resize: str | None, size: tuple[int, int], preserve_ar: bool
+) -> None:
+    """The ISP's resize is a center crop (picamera2's preserve_ar, the default for main) or, on a
+    Pi 5, a stretch of the full field of view; any other training transform is left to
+    preprocessing, from a frame that keeps the sensor's aspect ratio. Not verified here: the
+    crop the real ISP applies (the fake records preserve_ar, it does not crop)."""
+    world = FakeWorld(platform=platform)
+    src = _source(world, model_size=(224, 224), model_resize=resize)
+    main = _camera(world).camera_config["main"]
+    assert main["size"] == size and main["preserve_ar"] is preserve_ar
+    src.close()
 
 
 def test_lores_on_a_pi5_is_rgb_at_the_model_size(world: FakeWorld) -> None:

@@ -40,7 +40,8 @@ class SourceConfig(Section):
     )
     picamera2_size: tuple[int, int] | None = Field(
         default=None,
-        description="[width, height] of that stream; default: the model's input size (the ISP resizes), else 640x480",
+        description="[width, height] of that stream; default: the model's input size when the ISP can resize the "
+        "way the model was trained (center crop; stretch on a Pi 5), else 640 wide in the sensor's aspect ratio",
     )
     picamera2_stall_frames: int = Field(
         default=10, ge=2, le=10000, description="no frame for this many frame intervals (at least 2 s) is a stall"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from edge_agent.config import SourceConfig
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import Frame, FrameSource, PixelOrder, SourceProblem
@@ -15,9 +17,11 @@ def open_source(
     feature_names: tuple[str, ...] = (),
     model_size: tuple[int, int] | None = None,
     model_order: PixelOrder | None = None,
+    model_resize: Literal["stretch", "letterbox", "center_crop"] | None = None,
 ) -> FrameSource:
-    """`model_size` (width, height) and `model_order` are what the model's input wants; a camera
-    that can deliver frames that way (picamera2) is configured so, sparing preprocessing the work."""
+    """`model_size` (width, height), `model_order` and `model_resize` (preprocess.resize) describe
+    the model's input; a camera that can deliver frames that way (picamera2) is configured so,
+    sparing preprocessing the work. None: not known."""
     # imports are local so that a Pi without, say, picamera2 can still use the others
     if cfg.kind == "images":
         from edge_agent.sources.images import ImageFolderSource  # noqa: PLC0415
@@ -34,5 +38,5 @@ def open_source(
     if cfg.kind == "picamera2":
         from edge_agent.sources.picamera2_source import Picamera2Source  # noqa: PLC0415
 
-        return Picamera2Source(cfg, model_size=model_size, model_order=model_order)
+        return Picamera2Source(cfg, model_size=model_size, model_order=model_order, model_resize=model_resize)
     raise SourceError(f"source.kind = {cfg.kind!r} is not available in this version of edge-agent")

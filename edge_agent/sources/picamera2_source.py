@@ -30,6 +30,7 @@ from edge_agent.sources.base import MIN_LENT, Frame, PixelOrder, SourceProblem, 
 
 log = logging.getLogger(__name__)
 
+# when the model's size is not used: 640 wide in the sensor's aspect ratio (this without a sensor size)
 DEFAULT_SIZE = (640, 480)
 # lent frames + the newest completed request picamera2 keeps back (queue=True) + two queued
 # with the camera, so that holding MIN_LENT frames never leaves the sensor without a buffer
@@ -46,8 +47,8 @@ DEFAULT_FRAME_US = 33333
 # "RGB888" is B,G,R in memory (OpenCV's BGR), "BGR888" is R,G,B.
 FORMAT_FOR_ORDER: dict[str, str] = {"bgr": "RGB888", "rgb": "BGR888"}
 INSTALL_HINT = (
-    "install it with `sudo apt install python3-picamera2` (it is not on PyPI for the Pi's libcamera), "
-    "and create the venv with --system-site-packages so that it can see it"
+    "install it with `sudo apt install python3-picamera2` (libcamera's Python bindings come only from apt) "
+    "and create the venv with --system-site-packages so that it sees them"
 )
 
 
@@ -68,14 +69,20 @@ def import_picamera2() -> Picamera2Api:
     return Picamera2Api(camera_class=picamera2.Picamera2, mapped_array=picamera2.MappedArray)
 
 
+ModelResize = Literal["stretch", "letterbox", "center_crop"]
+
+
 @dataclass(frozen=True)
 class StreamPlan:
-    """What to ask the camera for, decided from the config and the model alone."""
+    """What to ask the camera for, decided from the config, the model and the sensor."""
 
     stream: Literal["main", "lores"]
     size: tuple[int, int]  # width, height of the stream the model reads
     fmt: str  # picamera2 format name
     order: Literal["bgr", "rgb"]  # the order of its bytes in memory
+    # picamera2's stream key: True crops the sensor image to the output's aspect ratio (a center
+    # crop), False scales the full field of view into it (a stretch; Pi 5 only)
+    preserve_ar: bool = True
     main_size: tuple[int, int] | None = None  # with stream = "lores": the main stream, which must not be smaller
 
 
@@ -85,20 +92,47 @@ def even_size(size: tuple[int, int]) -> tuple[int, int]:
     return (w + w % 2, h + h % 2)
 
 
-def plan_stream(cfg: SourceConfig, *, model_size: tuple[int, int] | None, model_order: PixelOrder | None) -> StreamPlan:
+def sensor_aspect_size(sensor: tuple[int, int] | None, at_least: tuple[int, int]) -> tuple[int, int]:
+    """The smallest size in the sensor's aspect ratio (so the ISP crops nothing) that is at least
+    `at_least`: with (640, 2), 640x360 for a 16:9 sensor and 640x480 for a 4:3 one."""
+    if sensor is None or min(sensor) <= 0:
+        return even_size((max(at_least[0], DEFAULT_SIZE[0]), max(at_least[1], DEFAULT_SIZE[1])))
+    sw, sh = sensor
+    w = max(at_least[0], -(-at_least[1] * sw // sh))
+    return even_size((w, max(round(w * sh / sw), at_least[1], 2)))
+
+
+def plan_stream(
+    cfg: SourceConfig,
+    *,
+    model_size: tuple[int, int] | None,
+    model_order: PixelOrder | None,
+    model_resize: ModelResize | None = None,
+    sensor_size: tuple[int, int] | None = None,
+    can_stretch: bool = False,
+) -> StreamPlan:
+    """The ISP resizes for free, but only as a center crop (picamera2's default for main) or, on
+    a Pi 5 (ScalerCrops), as a stretch of the full field of view. So the stream is at the model's
+    size only when that is the model's own resize; otherwise it keeps the sensor's aspect ratio
+    and preprocessing does the training transform (a letterbox, say) exactly."""
     order: Literal["bgr", "rgb"] = "rgb" if model_order == "rgb" else "bgr"  # gray models: the plan converts
-    if cfg.picamera2_size is not None:  # an explicit size wins (e.g. a letterbox model)
+    fmt = FORMAT_FOR_ORDER[order]
+    isp_can = model_resize in (None, "center_crop") or (model_resize == "stretch" and can_stretch)
+    preserve_ar = True
+    if cfg.picamera2_size is not None:  # an explicit size wins
         size = cfg.picamera2_size
-    elif model_size is not None and min(model_size) >= 1:
+    elif model_size is not None and min(model_size) >= 1 and isp_can:
         size = even_size(model_size)
+        preserve_ar = model_resize != "stretch"
     else:
-        size = DEFAULT_SIZE
+        size = sensor_aspect_size(sensor_size, (DEFAULT_SIZE[0], 2))
     if cfg.picamera2_stream == "main":
-        return StreamPlan("main", size, FORMAT_FOR_ORDER[order], order)
-    # lores is scaled from the same image as main and may not be larger; main is kept small
-    # (YUV420, the cheapest format) since nothing here reads it
-    main = even_size((max(size[0], DEFAULT_SIZE[0]), max(size[1], DEFAULT_SIZE[1])))
-    return StreamPlan("lores", size, FORMAT_FOR_ORDER[order], order, main_size=main)
+        return StreamPlan("main", size, fmt, order, preserve_ar)
+    # lores is scaled from main's crop and may not be larger than main: main (YUV420, the cheapest
+    # format, read by nothing here) keeps the sensor's aspect ratio, so a stretch is a stretch of
+    # the full field of view; a center crop is asked of the lores stream itself
+    main = sensor_aspect_size(sensor_size, (max(size[0], DEFAULT_SIZE[0]), size[1]))
+    return StreamPlan("lores", size, fmt, order, preserve_ar, main_size=main)
 
 
 def frame_interval_us(fps: float | None, limits: Any) -> int:
@@ -129,18 +163,29 @@ class Picamera2Source:
         *,
         model_size: tuple[int, int] | None = None,
         model_order: PixelOrder | None = None,
+        model_resize: ModelResize | None = None,
         camera_factory: Callable[[], Picamera2Api] | None = None,
     ) -> None:
+        """`model_size` (width, height), `model_order` and `model_resize` describe the model's input
+        and training transform (None: not known); the camera delivers frames that way when it can."""
         self._api = (camera_factory or import_picamera2)()
         self._num = cfg.picamera2_camera
         self._fps = cfg.fps
         self._stall_frames = cfg.picamera2_stall_frames
-        self.plan = plan_stream(cfg, model_size=model_size, model_order=model_order)
         self._stamp = Stamp()
         self._lent: dict[int, ExitStack] = {}
         self._delivered = 0
         self._cam: Any = _open_camera(self._api, self._num)
         try:
+            sensor = getattr(self._cam, "sensor_resolution", None)
+            self.plan = plan_stream(
+                cfg,
+                model_size=model_size,
+                model_order=model_order,
+                model_resize=model_resize,
+                sensor_size=(int(sensor[0]), int(sensor[1])) if sensor else None,
+                can_stretch="ScalerCrops" in self._cam.camera_controls,
+            )
             self._configure_and_start()
         except BaseException:
             self.close()
@@ -164,7 +209,7 @@ class Picamera2Source:
     # ---- opening ----------------------------------------------------------------------
     def _configure_and_start(self) -> None:
         cam, plan = self._cam, self.plan
-        stream_cfg = {"format": plan.fmt, "size": plan.size}
+        stream_cfg = {"format": plan.fmt, "size": plan.size, "preserve_ar": plan.preserve_ar}
         # align_configuration() is not called: it would shrink the width to a multiple of 32/64
         # pixels, so the frame would no longer be the model's size; padding is the stride's job.
         # display/encode None: no preview or encoder touches the requests.

@@ -226,7 +226,7 @@ class Picamera2Source:
             if "lores stream must be YUV" in msg:
                 raise SourceError(
                     f"camera {self._num}: on a Pi 4 or older the lores stream is YUV only; "
-                    "set source.picamera2_stream = 'main' (it is configured at the model's size)"
+                    "set source.picamera2_stream = 'main'"
                 ) from None
             raise SourceError(
                 f"camera {self._num}: cannot configure {plan.stream} {plan.size[0]}x{plan.size[1]} {plan.fmt}: {msg}"
@@ -261,7 +261,8 @@ class Picamera2Source:
         except TimeoutError:
             self._abandon(job)
             raise SourceStalledError(
-                f"camera {self._num}: no frame for {timeout:.1f} s ({self._stall_frames} frame intervals); "
+                f"camera {self._num}: no frame for {timeout:.1f} s (source.picamera2_stall_frames = "
+                f"{self._stall_frames}); "
                 "a frozen camera (libcamera 'frontend has timed out' / 'dequeue timer expired') or a loose cable"
             ) from None
         except Exception as err:  # noqa: BLE001  (raised by picamera2's event loop for this job)
@@ -273,6 +274,9 @@ class Picamera2Source:
             # request is released: "release by scope", as picamera2's MappedArray intends
             mapped = lend.enter_context(self._api.mapped_array(request, self.plan.stream, reshape=False))
             pixels = frame_view(np.asarray(mapped.array, dtype=np.uint8).reshape(-1), self.size, self.stride)
+        except Exception as err:  # noqa: BLE001  (a request whose buffer cannot be mapped)
+            lend.close()
+            raise SourceError(f"camera {self._num}: cannot map the frame's buffer: {_first_line(err)}") from None
         except BaseException:
             lend.close()
             raise
@@ -297,7 +301,7 @@ class Picamera2Source:
             cancel()
         try:
             late = job.get_result(timeout=0)
-        except BaseException:  # noqa: BLE001  (cancelled or still pending: nothing was taken)
+        except Exception:  # noqa: BLE001  (cancelled or still pending: nothing was taken)
             return
         late.release()
 

@@ -290,9 +290,18 @@ class Agent:
         p = self.pipeline
         if p is None and self.cfg.source.kind in MODEL_SHAPED_SOURCES:
             return  # opened once the model says its input size (the camera's stream, the audio window)
-        size = int(np.prod(p.model.inputs[0].shape)) if p is not None else None
+        shape = tuple(p.model.inputs[0].shape) if p is not None else ()
+        t = p.pre.transform if p is not None and not p.pre.vector else None
         try:
-            src = open_source(self.cfg.source, feature_names=names, input_length=size)
+            src = open_source(
+                self.cfg.source,
+                feature_names=names,
+                input_length=int(np.prod(shape)) if shape else None,
+                # an image input [1, H, W, C]: a camera can deliver that size and pixel order itself
+                model_size=(int(shape[2]), int(shape[1])) if t is not None and len(shape) == 4 else None,
+                model_order=t.color if t is not None and t.color in ("rgb", "bgr", "gray") else None,  # type: ignore[arg-type]
+                model_resize=t.resize if t is not None else None,  # type: ignore[arg-type]
+            )
         except SourceError as err:
             delay = self._source_backoff()
             self.raise_event("source_error", "error", f"{err} (retrying in {delay:g} s)")

@@ -226,6 +226,12 @@ class Pipeline:
         """One frame through preprocess → input checks → invoke → output checks → decode.
 
         `stateful=False` (the self-test) leaves the frozen/stuck/sampling state untouched."""
+        try:
+            return self._process(frame, stateful=stateful)
+        finally:
+            self.pre.forget_frame()  # the frame's buffer goes back to its source after this
+
+    def _process(self, frame: Frame, *, stateful: bool) -> Outcome:
         guard, ig = self.cfg.guard, self.input_guard
         warnings: list[GuardFault] = []
         t0 = time.monotonic()

@@ -594,6 +594,13 @@ class Preprocessor:
         """The plan used last (the vector plan from the start)."""
         return self._last
 
+    def forget_frame(self) -> None:
+        """Drop the plan's reference to the last frame's pixels. Sources lend their buffers until
+        release(): a view kept past it pins a camera buffer (picamera2 cannot unmap it on close,
+        and its allocator then leaks every dmabuf of that configuration)."""
+        if isinstance(self._last, ImagePlan):
+            self._last.last_image = None
+
     def plan_for(self, frame: Frame) -> Plan:
         if self._vector is not None:
             if frame.values is None:

@@ -55,7 +55,11 @@ fi
 for g in video plugdev; do
   if getent group "$g" >/dev/null; then run usermod -a -G "$g" "$USER_NAME"; fi
 done
-if [ ! -x "$PREFIX/venv/bin/python" ]; then run python3 -m venv "$PREFIX/venv"; fi
+# picamera2 comes from apt (python3-picamera2, built against the system's libcamera): when it is
+# installed, the venv sees the system packages so that source.kind = "picamera2" can import it
+venv_opts=""
+if python3 -c "import picamera2" >/dev/null 2>&1; then venv_opts="--system-site-packages"; fi
+if [ ! -x "$PREFIX/venv/bin/python" ]; then run python3 -m venv $venv_opts "$PREFIX/venv"; fi
 run "$PREFIX/venv/bin/python" -m pip install -q --upgrade pip
 run "$PREFIX/venv/bin/python" -m pip install -q --upgrade .  # the notify protocol needs no systemd-python
 run install -d -m 0750 -o root -g "$USER_NAME" "$CONF"

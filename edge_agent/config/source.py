@@ -74,6 +74,19 @@ class SourceConfig(Section):
     wav_pad_last: bool = Field(
         default=False, description="zero-pad a file's last partial window instead of dropping it"
     )
+    # ---- picamera2 ----
+    picamera2_camera: int = Field(default=0, ge=0, le=15, description="camera index, as `rpicam-hello --list-cameras`")
+    picamera2_stream: Literal["main", "lores"] = Field(
+        default="main", description="the stream the model reads; on a Pi 4 or older only 'main' delivers RGB"
+    )
+    picamera2_size: tuple[int, int] | None = Field(
+        default=None,
+        description="[width, height] of that stream; default: the model's input size when the ISP can resize the "
+        "way the model was trained (center crop; stretch on a Pi 5), else 640 wide in the sensor's aspect ratio",
+    )
+    picamera2_stall_frames: int = Field(
+        default=10, ge=2, le=10000, description="no frame for this many frame intervals (at least 2 s) is a stall"
+    )
 
     @model_validator(mode="after")
     def _needs_location(self) -> SourceConfig:
@@ -109,4 +122,14 @@ class SourceConfig(Section):
     def _wav_rate(self) -> SourceConfig:
         if self.kind == "wav" and self.wav_sample_rate is None:
             raise ValueError("source.wav_sample_rate: required when source.kind = 'wav' (the model's rate, e.g. 48000)")
+        return self
+
+    @model_validator(mode="after")
+    def _picamera2_size_even(self) -> SourceConfig:
+        size = self.picamera2_size
+        if size is not None and not all(2 <= v <= 8192 and v % 2 == 0 for v in size):
+            raise ValueError(
+                f"source.picamera2_size: width and height must be even numbers from 2 to 8192 "
+                f"(picamera2 refuses odd sizes), got {list(size)}"
+            )
         return self

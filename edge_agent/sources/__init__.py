@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from edge_agent.config import SourceConfig
 from edge_agent.errors import SourceError
-from edge_agent.sources.base import Frame, FrameSource, SourceProblem
+from edge_agent.sources.base import Frame, FrameSource, PixelOrder, SourceProblem
 
 __all__ = ["Frame", "FrameSource", "SourceProblem", "open_source"]
 
 
 def open_source(
-    cfg: SourceConfig, *, feature_names: tuple[str, ...] = (), input_length: int | None = None
+    cfg: SourceConfig,
+    *,
+    feature_names: tuple[str, ...] = (),
+    input_length: int | None = None,
+    model_size: tuple[int, int] | None = None,
+    model_order: PixelOrder | None = None,
+    model_resize: Literal["stretch", "letterbox", "center_crop"] | None = None,
 ) -> FrameSource:
-    """`input_length`: how many values the model's input takes (the `wav` window, when
-    `source.wav_window_s` does not say it)."""
+    """What the model takes, when known (None: not known): `input_length` is how many values its
+    input holds (the `wav` window, when `source.wav_window_s` does not say it); `model_size`
+    (width, height), `model_order` and `model_resize` (preprocess.resize) describe an image input,
+    so that a camera that can deliver frames that way (picamera2) is configured so, sparing
+    preprocessing the work."""
     # imports are local so that a Pi without, say, picamera2 can still use the others
     if cfg.kind == "images":
         from edge_agent.sources.images import ImageFolderSource  # noqa: PLC0415
@@ -35,4 +46,8 @@ def open_source(
         from edge_agent.sources.wav_source import WavSource  # noqa: PLC0415
 
         return WavSource(cfg, input_length=input_length)
+    if cfg.kind == "picamera2":
+        from edge_agent.sources.picamera2_source import Picamera2Source  # noqa: PLC0415
+
+        return Picamera2Source(cfg, model_size=model_size, model_order=model_order, model_resize=model_resize)
     raise SourceError(f"source.kind = {cfg.kind!r} is not available in this version of edge-agent")

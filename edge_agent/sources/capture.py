@@ -78,6 +78,9 @@ class CaptureThread:
                     self._finish()
                     return
                 self._offer(item)
+                # no reference of this thread's may outlive the frame's release: a camera cannot
+                # unmap a buffer that a view still points into
+                del item
         finally:
             with self._cond:
                 closing = self._closing
@@ -86,6 +89,10 @@ class CaptureThread:
 
     def _offer(self, item: Frame | SourceProblem) -> None:
         with self._cond:
+            if self._closing:  # read while close() was waiting: nobody will take it
+                if isinstance(item, Frame):
+                    self.source.release(item)
+                return
             if isinstance(item, SourceProblem):
                 if len(self._problems) >= MAX_PROBLEMS:
                     self.problems_dropped += 1
@@ -108,7 +115,8 @@ class CaptureThread:
 
     def _finish(self, error: SourceError | None = None) -> None:
         with self._cond:
-            self._error = error
+            # the traceback would keep this thread's frame alive, and with it the last frame read
+            self._error = error.with_traceback(None) if error is not None else None
             self._ended = True
             self._cond.notify_all()
 
@@ -140,6 +148,7 @@ class CaptureThread:
             self._cond.notify_all()
         if held is not None:
             self.source.release(held)
+        del held  # before the source closes: a camera cannot unmap a buffer a view points into
         self._thread.join(JOIN_S)
         if not self._thread.is_alive():
             self._close_source()

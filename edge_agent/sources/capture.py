@@ -103,7 +103,7 @@ class CaptureThread:
                     # one item ahead at most: wait until the previous one is taken
                     while self._ready is not None and not self._closing:
                         self._cond.wait(0.1)
-                    if self._closing:
+                    if self._closed_meanwhile():
                         self.source.release(item)
                         return
                 elif self._ready is not None:
@@ -112,6 +112,10 @@ class CaptureThread:
                 self._ready = item
                 self.last_frame_mono = time.monotonic()
             self._cond.notify_all()
+
+    def _closed_meanwhile(self) -> bool:
+        """`_closing`, read again after a wait (close() sets it from the consumer's thread)."""
+        return self._closing
 
     def _finish(self, error: SourceError | None = None) -> None:
         with self._cond:

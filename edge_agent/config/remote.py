@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from edge_agent.config._base import Section
 
@@ -23,7 +23,15 @@ class RemoteConfig(Section):
     enabled: bool = False
     hmac_key_file: str | None = None
     allowed: tuple[str, ...] = DEFAULT_ALLOWED
-    model_dir: str | None = None
+    model_dir: str | None = Field(default=None, description="where remote model files live; default state_dir/models")
+    max_model_mb: float = Field(default=200.0, gt=0, le=4096, description="a larger model download is refused")
+    download_timeout_s: float = Field(default=60.0, gt=0, le=3600, description="per network operation of a download")
+    probation_frames: int = Field(
+        default=50, ge=1, le=100000, description="after a model update, watch this many frames for guard faults"
+    )
+    rollback_after_faults: int = Field(
+        default=5, ge=1, le=100000, description="more faults than this during probation roll the model back"
+    )
 
     @model_validator(mode="after")
     def _key_needed(self) -> RemoteConfig:

@@ -1,0 +1,1 @@
+"""Signed remote config and model updates (SPEC "Remote updates")."""

@@ -154,7 +154,7 @@ def test_no_loop_ends(tmp_path: Path) -> None:
     [
         ("b_empty.png", b"", "is empty"),
         ("b_text.png", b"this is not a PNG at all\n" * 10, "not a decodable"),
-        ("b_trunc.png", None, "not a decodable"),  # a PNG cut after its signature and header
+        ("b_trunc.png", None, "truncated PNG"),  # a PNG cut after its signature and header
     ],
 )
 def test_bad_file_among_good_ones_is_a_problem_then_source_goes_on(

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from edge_agent.config import SourceConfig
+from edge_agent.config import MqttConfig, SourceConfig
 from edge_agent.errors import SourceError
-from edge_agent.sources.base import Frame, FrameSource, SourceProblem
+from edge_agent.sources.base import NO_FRAME_YET, Frame, FrameSource, NoFrameYet, SourceProblem
 
-__all__ = ["Frame", "FrameSource", "SourceProblem", "open_source"]
+__all__ = ["NO_FRAME_YET", "Frame", "FrameSource", "NoFrameYet", "SourceProblem", "open_source"]
 
 
 def open_source(
-    cfg: SourceConfig, *, feature_names: tuple[str, ...] = (), input_length: int | None = None
+    cfg: SourceConfig,
+    *,
+    feature_names: tuple[str, ...] = (),
+    input_length: int | None = None,
+    broker: MqttConfig | None = None,
+    device_id: str = "edge-agent",
 ) -> FrameSource:
     """`input_length`: how many values the model's input takes (the `wav` window, when
-    `source.wav_window_s` does not say it)."""
+    `source.wav_window_s` does not say it). `broker` and `device_id`: the agent's `[mqtt]` and
+    `device.id`, for `kind = "mqtt"`."""
     # imports are local so that a Pi without, say, picamera2 can still use the others
+    if cfg.kind == "images" and cfg.images_watch:
+        from edge_agent.sources.images_watch import WatchedFolderSource  # noqa: PLC0415
+
+        return WatchedFolderSource(cfg)
     if cfg.kind == "images":
         from edge_agent.sources.images import ImageFolderSource  # noqa: PLC0415
 
@@ -35,4 +45,10 @@ def open_source(
         from edge_agent.sources.wav_source import WavSource  # noqa: PLC0415
 
         return WavSource(cfg, input_length=input_length)
+    if cfg.kind == "mqtt":
+        from edge_agent.sources.mqtt_source import MqttSensorSource  # noqa: PLC0415
+
+        broker = broker or MqttConfig()
+        client_id = f"{broker.client_id or f'edge-agent-{device_id}'}-source"
+        return MqttSensorSource(cfg, broker, client_id=client_id, feature_names=feature_names)
     raise SourceError(f"source.kind = {cfg.kind!r} is not available in this version of edge-agent")

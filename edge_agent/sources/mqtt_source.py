@@ -171,11 +171,14 @@ class MqttSensorSource:
         # touched in paho's network thread only
         self._tls_ready = broker.tls is None
         self._logged: set[str] = set()
+        # set while the broker has acknowledged the subscription (for status and tests)
+        self.subscribed = threading.Event()
         self._client = make_client(broker, client_id)
         self._client.before_connect = self._before_connect
         self._client.connect_failed = self._connect_failed
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_disconnect = lambda *_: self.subscribed.clear()
         self._client.on_message = self._on_message
         connect_async(self._client, broker)
         self._client.loop_start()
@@ -206,9 +209,11 @@ class MqttSensorSource:
         client.subscribe(self._topic, qos=self._qos)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list[Any], props: Any) -> None:
-        for code in codes:
-            if getattr(code, "is_failure", False):
-                self._put(SourceProblem(self._topic, f"the broker refused the subscription: {code}"))
+        refused = [code for code in codes if getattr(code, "is_failure", False)]
+        for code in refused:
+            self._put(SourceProblem(self._topic, f"the broker refused the subscription: {code}"))
+        if not refused:
+            self.subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if len(msg.payload) > self._limit:

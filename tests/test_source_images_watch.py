@@ -208,7 +208,7 @@ def test_memory_follows_the_folder_not_the_run(tmp_path: Path) -> None:
     for p in tmp_path.iterdir():
         p.unlink()
     _idle_for(src, 3 * POLL_S)
-    assert src._taken == {}  # noqa: SLF001 (the bounded state is the point of this test)
+    assert src._taken == {}  # the bounded state is the point of this test
 
 
 def test_folder_problems_are_source_errors(tmp_path: Path) -> None:

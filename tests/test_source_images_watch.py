@@ -288,3 +288,46 @@ def test_agent_classifies_frames_dropped_into_a_watched_folder(
         assert all(r["top"][0]["label"] == labels[r["top"][0]["index"]] for r in results), results
         assert not any(inbox.iterdir())  # images_after = "delete"
         assert agent.running(), agent.output
+        assert "Traceback" not in agent.output, agent.output
+
+
+def test_watchdog_pings_go_on_while_the_watched_folder_is_empty(
+    tmp_path: Path, mosquitto: LocalBroker, device: str, bundled: Path
+) -> None:
+    """Waiting for a camera's next file is idle by design, not a hung capture: systemd's
+    watchdog keeps hearing from the agent (its loop turns every MAX_WAIT_S at most)."""
+    from conftest import INTERPRETER  # noqa: PLC0415
+    from test_service import NotifySocket, start  # noqa: PLC0415
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    cfg = write_config(
+        tmp_path,
+        device=device,
+        port=mosquitto.port,
+        sections={
+            "source": {"kind": "images", "path": str(inbox), "images_watch": True},
+            "model": {
+                "path": str(bundled / "digits_uint8.tflite"),
+                "task": "classification",
+                "interpreter": INTERPRETER,
+            },
+            "preprocess": {"resize": "stretch", "color": "rgb"},
+        },
+    )
+    notify = NotifySocket(tmp_path / "notify.sock")
+    proc = start(cfg, notify)
+    try:
+        # one frame goes through (READY comes with the first guarded inference), then none
+        shutil.copy(sorted((bundled / "digits_frames").glob("*.png"))[0], inbox / "first.png")
+        notify.wait_for("READY=1", 30)
+        time.sleep(1.0)  # past the watchdog's "frames are flowing" window (2 × 0.3 s)
+        t0 = time.monotonic()
+        time.sleep(2.0)
+        assert notify.pings(t0, time.monotonic()) >= 3, notify.lines()[-20:]  # one every 0.3 s
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        notify.close()
+    assert "Traceback" not in cfg.with_suffix(".log").read_text(errors="replace")

@@ -137,6 +137,8 @@ def _number(v: Any) -> float | str:
         x = float(v)
     except OverflowError:  # a JSON integer beyond float range
         x = math.inf
+    if math.isnan(x):
+        return f"{_show(v)} is not a finite number (a missing value is null)"
     return x if math.isfinite(x) else f"{_show(v)} is not a finite number"
 
 
@@ -147,7 +149,7 @@ def _kind(v: Any) -> str:
 
 
 def _show(v: Any) -> str:
-    text = json.dumps(v) if not isinstance(v, float) or math.isfinite(v) else repr(v)
+    text = json.dumps(v)  # as the sender wrote it (NaN and Infinity included)
     return text if len(text) <= 30 else text[:27] + "..."
 
 

@@ -74,6 +74,19 @@ class ModelStamp:
         return cls(st.st_mtime_ns, st.st_size)
 
 
+def _feature_names(cfg: AgentConfig) -> tuple[str, ...]:
+    return tuple(f.name for f in cfg.preprocess.features) if cfg.preprocess else ()
+
+
+def _source_changed(old: AgentConfig, new: AgentConfig) -> bool:
+    """Whether a reload must reopen the source: its section, or what it was opened with."""
+    return (
+        new.source != old.source
+        or _feature_names(new) != _feature_names(old)
+        or (new.source.kind == "mqtt" and (new.mqtt != old.mqtt or new.device.id != old.device.id))
+    )
+
+
 class Agent:
     def __init__(
         self,
@@ -286,7 +299,6 @@ class Agent:
     def _try_open_source(self, now: float) -> None:
         if now < self._next_source_try:
             return
-        names = tuple(f.name for f in self.cfg.preprocess.features) if self.cfg.preprocess else ()
         p = self.pipeline
         if p is None and self.cfg.source.kind in MODEL_SHAPED_SOURCES:
             return  # opened once the model says its input size (the camera's stream, the audio window)
@@ -295,19 +307,21 @@ class Agent:
         try:
             src = open_source(
                 self.cfg.source,
-                feature_names=names,
+                feature_names=_feature_names(self.cfg),
                 input_length=int(np.prod(shape)) if shape else None,
                 # an image input [1, H, W, C]: a camera can deliver that size and pixel order itself
                 model_size=(int(shape[2]), int(shape[1])) if t is not None and len(shape) == 4 else None,
                 model_order=t.color if t is not None and t.color in ("rgb", "bgr", "gray") else None,  # type: ignore[arg-type]
                 model_resize=t.resize if t is not None else None,  # type: ignore[arg-type]
+                broker=self.cfg.mqtt,
+                device_id=self.cfg.device.id,
             )
         except SourceError as err:
             delay = self._source_backoff()
             self.raise_event("source_error", "error", f"{err} (retrying in {delay:g} s)")
             self._set_state("degraded")
             return
-        # live sources (cameras, streams, topics): the newest frame wins; files: every item counts
+        # live sources (cameras, streams): the newest frame wins; files, rows, topics: every item counts
         live = bool(getattr(src, "live", False))
         self.source = CaptureThread(src, "latest" if live else "every")
         self._stall_after_s = self.cfg.source.stall_after_s or getattr(src, "stall_after_s", None)
@@ -377,7 +391,7 @@ class Agent:
                         f"config reload: the new model cannot be used, keeping the running config: {err}",
                     )
                     return
-            if new.source != self.cfg.source and self.source is not None:
+            if self.source is not None and _source_changed(self.cfg, new):
                 self.source.close()
                 self.source = None
                 self._source_done = False
@@ -448,6 +462,7 @@ class Agent:
         if self.pipeline is None or self.source is None or self._source_done:
             self._idle(IDLE_SLEEP_S)
             return
+        paced_from = self._last_frame_at
         self._pace()
         limit = self.cfg.source.max_frames
         try:
@@ -457,6 +472,8 @@ class Agent:
             self._drop_source("source_stalled" if isinstance(err, SourceStalledError) else "source_error", str(err))
             return
         if item is NOTHING:
+            # no frame was taken: the next one is not held back by the frame pacing
+            self._last_frame_at = paced_from
             self._check_stall()
             return
         if item is None:
@@ -626,7 +643,14 @@ class Agent:
         fps = self.cfg.source.fps
         window = max(2 * interval, 3.0 / fps if fps else 0.0)
         flowing = now - self._last_inference_at <= window
-        idle_by_design = self.paused or self._source_done or self.pipeline is None or self.source is None
+        idle_by_design = (
+            self.paused
+            or self._source_done
+            or self.pipeline is None
+            or self.source is None
+            # a watched folder or a topic with nothing new: its read() answers, it is not hung
+            or self.source.waiting
+        )
         if flowing or idle_by_design:
             self.notifier.watchdog()
             self._next_ping = now + interval

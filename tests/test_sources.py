@@ -154,7 +154,7 @@ def test_no_loop_ends(tmp_path: Path) -> None:
     [
         ("b_empty.png", b"", "is empty"),
         ("b_text.png", b"this is not a PNG at all\n" * 10, "not a decodable"),
-        ("b_trunc.png", None, "not a decodable"),  # a PNG cut after its signature and header
+        ("b_trunc.png", None, "truncated PNG"),  # a PNG cut after its signature and header
     ],
 )
 def test_bad_file_among_good_ones_is_a_problem_then_source_goes_on(
@@ -366,6 +366,58 @@ def test_csv_bad_byte_spoils_only_its_row(tmp_path: Path) -> None:
     assert len(problems) == 1
     assert problems[0].source == f"rows.csv:{rows + 2}"
     assert "'b'" in problems[0].message
+
+
+def test_csv_garbage_rows_each_name_their_lines_and_the_good_rows_still_come(tmp_path: Path) -> None:
+    """A file as a flaky logger leaves it: every bad row is one problem naming file:line (or
+    the lines a quoted cell swallowed), and every good row after it still comes."""
+    text = (
+        "age,bmi\n"  # 1
+        "1,2\n"  # 2
+        "3,\x004\n"  # 3: a NUL byte
+        "inf,5\n"  # 4
+        "6,7,8\n"  # 5: one cell too many
+        '"9","10\n11,12\n'  # 6-7: a quote not closed until ...
+        '13",14\n'  # ... line 8: one row of three cells
+        "15," + "x" * 200_000 + "\n"  # 9: beyond the csv module's field limit
+        "16,17\n"  # 10
+        "18,-1e999\n"  # 11: overflows to -inf
+        '"19,20\n'  # 12-13: a quote never closed swallows the rest of the file
+        "21,22\n"
+    )
+    items = _drain(_csv(tmp_path, text))
+    got = [(i.source, "frame" if isinstance(i, Frame) else i.message) for i in items]
+    assert [g[0] for g in got] == [
+        "rows.csv:2",
+        "rows.csv:3",
+        "rows.csv:4",
+        "rows.csv:5",
+        "rows.csv:6-8",
+        "rows.csv:9",
+        "rows.csv:10",
+        "rows.csv:11",
+        "rows.csv:12-13",
+    ], got
+    assert [g[1] for g in got if g[0] in ("rows.csv:2", "rows.csv:10")] == ["frame", "frame"]
+    messages = dict(got)
+    assert "'bmi'" in messages["rows.csv:3"] and "is not a number" in messages["rows.csv:3"]
+    assert "'age'" in messages["rows.csv:4"] and "not a finite number" in messages["rows.csv:4"]
+    assert "row has 3 cells, the header has 2" in messages["rows.csv:5"]
+    assert "row has 3 cells" in messages["rows.csv:6-8"]
+    assert "field larger than field limit" in messages["rows.csv:9"]
+    assert "not a finite number" in messages["rows.csv:11"]
+    assert "row has 1 cells" in messages["rows.csv:12-13"]
+    assert all("\n" not in str(m) for m in messages.values())
+
+
+def test_csv_file_deleted_while_open_is_read_to_its_end_then_a_loop_reopen_fails(tmp_path: Path) -> None:
+    """Deleting a file the source has open does not cut it short (POSIX keeps it); looping back
+    to it is then a SourceError, which the agent turns into an event and a later reopen."""
+    src = _csv(tmp_path, "a\n1\n2\n", loop=True)
+    (tmp_path / "rows.csv").unlink()
+    assert [_frame(src.read()).source for _ in range(2)] == ["rows.csv:2", "rows.csv:3"]
+    with pytest.raises(SourceError, match="cannot open"):
+        src.read()
 
 
 @settings(max_examples=40, deadline=None, database=None, derandomize=True)

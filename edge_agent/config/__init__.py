@@ -69,6 +69,7 @@ _PATH_KEYS: tuple[tuple[str, ...], ...] = (
     ("model", "labels"),
     ("model", "fallback_path"),
     ("source", "path"),
+    ("source", "images_move_to"),
     ("device", "state_dir"),
     ("mqtt", "password_file"),
     ("mqtt", "tls", "ca"),

@@ -87,6 +87,25 @@ class SourceConfig(Section):
     picamera2_stall_frames: int = Field(
         default=10, ge=2, le=10000, description="no frame for this many frame intervals (at least 2 s) is a stall"
     )
+    # ---- images ----
+    images_watch: bool = Field(
+        default=False, description="after the files present at start, take new files as they appear in the folder"
+    )
+    images_after: Literal["keep", "delete", "move"] = Field(
+        default="keep", description="what happens to a watched file once taken (decoded or not)"
+    )
+    images_move_to: str | None = Field(default=None, description="folder taken files go to with images_after = 'move'")
+    images_settle_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="a watched file without its end marker is taken (and reported) once unchanged this long",
+    )
+    # ---- mqtt ----
+    mqtt_queue: int = Field(
+        default=100, ge=1, le=100_000, description="messages waiting for the model; beyond it the oldest are dropped"
+    )
+    mqtt_qos: int = Field(default=0, ge=0, le=2, description="QoS of the subscription to source.topic")
 
     @model_validator(mode="after")
     def _needs_location(self) -> SourceConfig:
@@ -132,4 +151,29 @@ class SourceConfig(Section):
                 f"source.picamera2_size: width and height must be even numbers from 2 to 8192 "
                 f"(picamera2 refuses odd sizes), got {list(size)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _images_watch(self) -> SourceConfig:
+        if self.images_watch and self.kind != "images":
+            raise ValueError("source.images_watch: only for source.kind = 'images'")
+        if self.images_watch and self.loop:
+            raise ValueError("source.images_watch: a watched folder cannot also loop (set loop = false)")
+        if self.images_after != "keep" and not self.images_watch:
+            raise ValueError("source.images_after: only with images_watch = true")
+        if (self.images_after == "move") != (self.images_move_to is not None):
+            raise ValueError("source.images_move_to: needed with images_after = 'move', and only then")
+        return self
+
+    @model_validator(mode="after")
+    def _mqtt_topic(self) -> SourceConfig:
+        if self.kind == "mqtt" and self.topic is not None:
+            segments = self.topic.split("/")
+            # '+' must fill a whole level, '#' must be the whole last level (MQTT 4.7.1)
+            misplaced = any(
+                ("+" in seg and seg != "+") or ("#" in seg and (seg != "#" or i != len(segments) - 1))
+                for i, seg in enumerate(segments)
+            )
+            if misplaced or "\x00" in self.topic:
+                raise ValueError(f"source.topic: not a valid MQTT topic filter: {self.topic!r}")
         return self

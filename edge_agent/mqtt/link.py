@@ -89,6 +89,80 @@ class _Client(mqtt.Client):
             raise
 
 
+# ---- helpers shared by every client of the agent (the link, the `mqtt` source) -------------
+def make_client(cfg: MqttConfig, client_id: str) -> _Client:
+    """A paho client for `cfg`'s protocol and transport, a clean session, paho's reconnect backoff."""
+    v5 = cfg.protocol == "5"
+    client = _Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        transport=cfg.transport,
+        **({} if v5 else {"clean_session": True}),
+    )
+    client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
+    return client
+
+
+def connect_async(client: mqtt.Client, cfg: MqttConfig) -> None:
+    """Start connecting (paho's loop thread finishes it): no session is kept on the broker."""
+    if cfg.protocol == "5":
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 0
+        client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive, clean_start=True, properties=props)
+    else:
+        client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive)
+
+
+def load_tls(client: mqtt.Client, cfg: MqttConfig) -> None:
+    """Set up `cfg.tls` on the client (once: paho refuses a second time); ConnectSetupError if it cannot."""
+    if cfg.tls is None:
+        return
+    try:
+        client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert, keyfile=cfg.tls.key)
+    except (OSError, ValueError) as err:
+        files = ", ".join(f"{k} = {v}" for k, v in cfg.tls.model_dump().items() if isinstance(v, str))
+        detail = getattr(err, "strerror", None) or getattr(err, "reason", None) or err
+        raise ConnectSetupError(f"mqtt.tls: cannot load the TLS files ({files}): {detail}") from None
+    if cfg.tls.insecure:
+        client.tls_insecure_set(True)
+
+
+def load_credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
+    """Read the password file again (a rotated secret is used without a restart); ConnectSetupError if it cannot."""
+    if cfg.username:
+        try:
+            password = read_secret(cfg.password_file) if cfg.password_file else None
+        except ConfigError as err:
+            raise ConnectSetupError(f"mqtt.password_file: {err}") from None
+        client.username_pw_set(cfg.username, password)
+
+
+def describe_connect_error(err: OSError, cfg: MqttConfig) -> str:
+    """One line, naming the cause and what to check; never the secret."""
+    where, tls = f"{cfg.host}:{cfg.port}", cfg.tls
+    if isinstance(err, ConnectSetupError):
+        return str(err)
+    if isinstance(err, ssl.SSLCertVerificationError):
+        ca = tls.ca if tls is not None and tls.ca else "the system's CAs"
+        return (
+            f"TLS certificate verification of the broker at {where} failed: {err.verify_message}; "
+            f"mqtt.tls.ca ({ca}) is not the CA that signed the broker's certificate, or the certificate "
+            f"does not name {cfg.host} (a corrected mqtt.tls.ca takes effect when the agent restarts)"
+        )
+    if isinstance(err, ssl.SSLError):
+        return f"TLS handshake with the broker at {where} failed: {err.reason or err} (is that port a TLS listener?)"
+    if isinstance(err, ConnectionRefusedError):
+        return f"cannot reach the broker at {where}: connection refused (no broker listening on that port)"
+    if isinstance(err, socket.gaierror):
+        return f"cannot resolve mqtt.host {cfg.host!r}: {err.strerror or err}"
+    if isinstance(err, TimeoutError):
+        return f"cannot reach the broker at {where}: timed out"
+    if isinstance(err, ConnectionResetError) and tls is not None:
+        return f"the broker at {where} reset the connection during the TLS handshake (is that port a TLS listener?)"
+    return f"cannot connect to the broker at {where}: {err.strerror or err}"
+
+
 class MqttLink:
     def __init__(
         self,
@@ -113,20 +187,11 @@ class MqttLink:
         self._down_since: float | None = None
         self._logged: set[str] = set()
         self._tls_ready = cfg.tls is None
-        v5 = cfg.protocol == "5"
-        self._v5 = v5
-        self.client = _Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or f"edge-agent-{topics.device}",
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            transport=cfg.transport,
-            **({} if v5 else {"clean_session": True}),
-        )
+        self.client = make_client(cfg, cfg.client_id or f"edge-agent-{topics.device}")
         # credentials and TLS are set up in `_before_connect`, before every attempt
         self.client.before_connect = self._before_connect
         self.client.connect_failed = self._connect_failed
         self.client.will_set(topics.status, encode(status_payload("offline")), qos=1, retain=True)
-        self.client.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
@@ -149,49 +214,13 @@ class MqttLink:
     def _before_connect(self) -> None:
         """Load what may have failed or changed since the last attempt; raise ConnectSetupError."""
         self._attempt_failed = False
-        cfg = self.cfg
-        if cfg.tls is not None and not self._tls_ready:
-            try:
-                self.client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert, keyfile=cfg.tls.key)
-            except (OSError, ValueError) as err:
-                files = ", ".join(f"{k} = {v}" for k, v in cfg.tls.model_dump().items() if isinstance(v, str))
-                detail = getattr(err, "strerror", None) or getattr(err, "reason", None) or err
-                raise ConnectSetupError(f"mqtt.tls: cannot load the TLS files ({files}): {detail}") from None
-            if cfg.tls.insecure:
-                self.client.tls_insecure_set(True)
+        if not self._tls_ready:
+            load_tls(self.client, self.cfg)
             self._tls_ready = True
-        if cfg.username:
-            try:
-                password = read_secret(cfg.password_file) if cfg.password_file else None
-            except ConfigError as err:
-                raise ConnectSetupError(f"mqtt.password_file: {err}") from None
-            self.client.username_pw_set(cfg.username, password)
+        load_credentials(self.client, self.cfg)
 
     def _describe(self, err: OSError) -> str:
-        """One line, naming the cause and what to check; never the secret."""
-        where, tls = self._where, self.cfg.tls
-        if isinstance(err, ConnectSetupError):
-            return str(err)
-        if isinstance(err, ssl.SSLCertVerificationError):
-            ca = tls.ca if tls is not None and tls.ca else "the system's CAs"
-            return (
-                f"TLS certificate verification of the broker at {where} failed: {err.verify_message}; "
-                f"mqtt.tls.ca ({ca}) is not the CA that signed the broker's certificate, or the certificate "
-                f"does not name {self.cfg.host} (a corrected mqtt.tls.ca takes effect when the agent restarts)"
-            )
-        if isinstance(err, ssl.SSLError):
-            return (
-                f"TLS handshake with the broker at {where} failed: {err.reason or err} (is that port a TLS listener?)"
-            )
-        if isinstance(err, ConnectionRefusedError):
-            return f"cannot reach the broker at {where}: connection refused (no broker listening on that port)"
-        if isinstance(err, socket.gaierror):
-            return f"cannot resolve mqtt.host {self.cfg.host!r}: {err.strerror or err}"
-        if isinstance(err, TimeoutError):
-            return f"cannot reach the broker at {where}: timed out"
-        if isinstance(err, ConnectionResetError) and tls is not None:
-            return f"the broker at {where} reset the connection during the TLS handshake (is that port a TLS listener?)"
-        return f"cannot connect to the broker at {where}: {err.strerror or err}"
+        return describe_connect_error(err, self.cfg)
 
     def _connect_failed(self, err: OSError) -> None:
         self._fail(self._describe(err))
@@ -306,14 +335,7 @@ class MqttLink:
             self._fail(f"the broker at {self._where} closed the connection before accepting it ({hint})")
 
     def start(self) -> None:
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = 0
-            self.client.connect_async(
-                self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive, clean_start=True, properties=props
-            )
-        else:
-            self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        connect_async(self.client, self.cfg)
         self.client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:

@@ -43,9 +43,24 @@ class SourceProblem:
     message: str
 
 
+@dataclass(frozen=True)
+class NoFrameYet:
+    """Nothing to give right now, but the source is not exhausted: a watched folder with no
+    new file, a topic with no new message. Use the `NO_FRAME_YET` instance."""
+
+
+NO_FRAME_YET = NoFrameYet()
+
+
 class FrameSource(Protocol):
     """Sources are iterated by the agent: `read()` returns the next frame, a problem with
-    one input (the source goes on), or None when a finite source is exhausted.
+    one input (the source goes on), `NO_FRAME_YET` when an open-ended source has nothing new
+    at the moment, or None when a finite source is exhausted.
+
+    A source that waits for input (a watched folder, an MQTT topic) blocks in `read()` for at
+    most `MAX_WAIT_S` before answering `NO_FRAME_YET`, and never answers it without such a short
+    wait when nothing is coming: the capture thread calls `read()` again at once (no spinning),
+    and the answers show that the source is idle by design, not hung (the watchdog goes on).
 
     Buffers are lent, not given: a frame's `pixels` (or `values`) may live in memory the
     source reuses (a preallocated slot, a camera request's buffer). They stay valid until the
@@ -58,7 +73,7 @@ class FrameSource(Protocol):
 
     name: str
 
-    def read(self) -> Frame | SourceProblem | None: ...
+    def read(self) -> Frame | SourceProblem | NoFrameYet | None: ...
 
     def release(self, frame: Frame) -> None: ...
 
@@ -66,6 +81,8 @@ class FrameSource(Protocol):
 
 
 MIN_LENT = 3
+# the longest a source's `read()` may block while it has nothing to give (see FrameSource)
+MAX_WAIT_S = 0.1
 
 
 class Stamp:

@@ -2,32 +2,38 @@
 a stream that went silent, a folder waiting for its next file) never blocks the agent's loop.
 
 Two policies, by the kind of source:
-- "latest" for live sources (cameras, streams, sensor topics): the thread reads as fast as the
+- "latest" for live sources (cameras, streams): the thread reads as fast as the
   source delivers and keeps only the newest frame; a frame replaced before the consumer took it
   is released at once and counted in `skipped`. The consumer always gets the freshest frame.
-- "every" for sources whose every item matters (files, folders, CSV rows): the thread reads one
+- "every" for sources whose every item matters (files, folders, CSV rows, MQTT sensor rows, which
+  the `mqtt` source queues itself with a bound): the thread reads one
   item ahead and waits until it is taken, so decoding the next file overlaps inference of the
   current one and nothing is skipped.
 
 Problems with one input (`SourceProblem`) are passed on in order, never replaced. A
 `SourceError` raised by the source ends the thread and is raised by `take()`; so is an
 unexpected exception (a bug in a source must not fail silently). `last_frame_mono` tells the
-agent when the last frame arrived, to notice a stall.
+agent when the last frame arrived, to notice a stall. An open-ended source (a watched folder, a
+topic) answers `NO_FRAME_YET` after a short wait when it has nothing new; `waiting` tells the
+agent's watchdog that such a source is idle by design, not hung.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
 from typing import Literal
 
 from edge_agent.errors import SourceError
-from edge_agent.sources.base import Frame, FrameSource, SourceProblem
+from edge_agent.sources.base import MAX_WAIT_S, Frame, FrameSource, NoFrameYet, SourceProblem
 
 Policy = Literal["latest", "every"]
 MAX_PROBLEMS = 256  # a flood of bad inputs is counted, not queued without bound
 JOIN_S = 2.0
+# a NO_FRAME_YET answer older than this no longer shows the source is alive (it answers every MAX_WAIT_S)
+WAITING_FRESH_S = 10 * MAX_WAIT_S
 
 
 class Nothing:
@@ -47,6 +53,8 @@ class CaptureThread:
         self.skipped = 0  # frames replaced by newer ones before they were taken ("latest")
         self.problems_dropped = 0
         self.last_frame_mono = time.monotonic()  # the start counts, so a source that never delivers stalls too
+        # when an open-ended source last answered NO_FRAME_YET (-inf: never, or a frame came since)
+        self._waiting_mono = -math.inf
         self._cond = threading.Condition()
         self._ready: Frame | None = None
         self._problems: deque[SourceProblem] = deque()
@@ -77,6 +85,11 @@ class CaptureThread:
                 if item is None:
                     self._finish()
                     return
+                if isinstance(item, NoFrameYet):
+                    # the source waited up to MAX_WAIT_S itself: ask again, and note that it answers
+                    self._waiting_mono = time.monotonic()
+                    continue
+                self._waiting_mono = -math.inf
                 self._offer(item)
                 # no reference of this thread's may outlive the frame's release: a camera cannot
                 # unmap a buffer that a view still points into
@@ -125,6 +138,12 @@ class CaptureThread:
             self._cond.notify_all()
 
     # ---- the consumer side ----------------------------------------------------------------
+    @property
+    def waiting(self) -> bool:
+        """The source answers, with nothing new: a watched folder or a topic idle by design (not
+        a read() that hangs, which stops answering)."""
+        return time.monotonic() - self._waiting_mono < WAITING_FRESH_S
+
     def take(self, timeout: float) -> Frame | SourceProblem | Nothing | None:
         """The next item: a problem (in order), the newest frame, or NOTHING if none came within
         `timeout`; None once the source is exhausted. Raises the source's SourceError."""

@@ -1,4 +1,9 @@
-"""`csv`: sensor rows from a CSV file with a header; an empty cell is a missing value."""
+"""`csv`: sensor rows from a CSV file with a header; an empty cell is a missing value.
+
+A row that cannot be used (wrong number of cells, a cell that is not a finite number, a blank
+line, a line the csv module rejects) is a `SourceProblem` naming `file:line`; the next row
+follows. Rows come as fast as the agent takes them; `source.fps` limits the rate.
+"""
 
 from __future__ import annotations
 
@@ -56,11 +61,18 @@ class CsvRowSource:
         self._rows_since_open = 0
         self._values = np.empty(len(self._columns), dtype=np.float64)
 
+    def _where(self, first: int) -> str:
+        """`file:line`, or `file:first-last` for a row whose quoted cell spans lines (or a quote
+        never closed, which swallows the lines after it)."""
+        last = self._reader.line_num
+        return f"{self._path.name}:{first}" if last <= first else f"{self._path.name}:{first}-{last}"
+
     def read(self) -> Frame | SourceProblem | None:
+        first = self._reader.line_num + 1
         try:
             row = next(self._reader, None)
         except (csv.Error, UnicodeDecodeError) as err:
-            return SourceProblem(f"{self._path.name}:{self._reader.line_num}", f"unreadable CSV row: {err}")
+            return SourceProblem(self._where(first), f"unreadable CSV row: {err}")
         if row is None:
             if not self._loop or self._rows_since_open == 0:
                 # a file with no rows after its header has nothing to loop over
@@ -69,7 +81,7 @@ class CsvRowSource:
             self._open()
             return self.read()
         self._rows_since_open += 1
-        where = f"{self._path.name}:{self._reader.line_num}"
+        where = self._where(first)
         if not any(cell.strip() for cell in row):
             return SourceProblem(where, "empty row")
         if len(row) != self._width:

@@ -28,6 +28,31 @@ def list_images(pattern: str) -> list[Path]:
     return sorted(files)
 
 
+# how much of a file's end `incomplete_reason` looks at: enough to skip a camera's zero padding
+TAIL_BYTES = 4096
+_JPEG = b"\xff\xd8\xff"
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def incomplete_reason(head: bytes, tail: bytes, size: int) -> str | None:
+    """Why a JPEG/PNG/BMP file is cut short (None: complete, or a format we cannot tell).
+
+    Decoders differ on a truncated file: OpenCV 5 rejects it, OpenCV 4 builds with libjpeg give
+    back a half-grey image and only print "Premature end of JPEG file". So the end is checked
+    here: JPEG's end-of-image marker, PNG's IEND chunk, BMP's declared file size. Trailing zero
+    bytes are ignored (some cameras pad files to a block size).
+    """
+    end = tail.rstrip(b"\0")
+    if head.startswith(_JPEG):
+        return None if end.endswith(b"\xff\xd9") else "truncated JPEG (no end-of-image marker)"
+    if head.startswith(_PNG):
+        return None if end[-8:-4] == b"IEND" else "truncated PNG (no IEND chunk)"
+    if head.startswith(b"BM") and len(head) >= 6:
+        declared = int.from_bytes(head[2:6], "little")
+        return None if size >= declared else f"truncated BMP ({size} of {declared} bytes)"
+    return None
+
+
 def decode_image(path: Path) -> np.ndarray | str:
     """The image as BGR uint8 H×W×3, or a one-line reason it cannot be used."""
     try:
@@ -36,6 +61,9 @@ def decode_image(path: Path) -> np.ndarray | str:
         return f"cannot read {path.name}: {err.strerror or err}"
     if data.size == 0:
         return f"{path.name} is empty"
+    cut = incomplete_reason(data[:16].tobytes(), data[-TAIL_BYTES:].tobytes(), int(data.size))
+    if cut is not None:
+        return f"{path.name} is a {cut}"
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if img is None:
         return f"{path.name} is not a decodable JPEG/PNG/BMP image"

@@ -35,6 +35,12 @@ from edge_agent.mqtt.outbox import Outbox
 from edge_agent.mqtt.sender import OutboxSender
 from edge_agent.mqtt.topics import Topics
 from edge_agent.pipeline import Fault, Inference, Pipeline, Skipped
+from edge_agent.remote.document import UpdateRejectedError
+from edge_agent.remote.fetch import download, remove_partial_downloads
+from edge_agent.remote.overlay import build_config
+from edge_agent.remote.probation import Probation
+from edge_agent.remote.state import config_state
+from edge_agent.remote.updater import AlreadyApplied, Prepared, RemoteUpdates
 from edge_agent.runtime.backends import select_backend
 from edge_agent.runtime.worker import BackendFactory
 from edge_agent.service import Notifier
@@ -96,7 +102,13 @@ class Agent:
         config_path: str | None = None,
         backend_factory: BackendFactory | None = None,
     ) -> None:
-        self.cfg = cfg
+        # the file config, with the remote update applied before (state_dir/applied.json) on top
+        self.remote = RemoteUpdates(cfg)
+        self.cfg, problem = self.remote.effective()
+        self._startup_problems: list[str] = [problem] if problem else []
+        self._update_build: BackgroundBuild[tuple[Prepared, Pipeline | None]] | None = None
+        self._probation: Probation | None = None
+        self._config_state_due = True
         # the interpreter package; None: as model.interpreter says (tests stand in for a Coral here)
         self._backend_factory = backend_factory
         self.config_path = config_path  # re-read on SIGHUP
@@ -221,7 +233,8 @@ class Agent:
         self.sender.pump()
 
     def _on_link_connected(self) -> None:
-        # paho's network thread: only queue the summary; `_step` raises the event
+        # paho's network thread: only flags and queues; `_step` publishes and raises the event
+        self._config_state_due = True
         if self.link.outage is not None:
             self._outages.put(self.link.outage)
 
@@ -376,6 +389,18 @@ class Agent:
                     "config reload: [%s] changed; that takes a restart, the running values are kept", ", ".join(kept)
                 )
                 new = new.model_copy(update={"mqtt": self.cfg.mqtt, "device": self.cfg.device})
+            file_cfg = new
+            if self.remote.applied.overlay:  # the applied remote update stays on top of the new file
+                try:
+                    new = build_config(file_cfg, self.remote.applied.overlay)
+                except UpdateRejectedError as err:
+                    self.raise_event(
+                        "config_rejected",
+                        "warning",
+                        f"config reload: the applied update {self.remote.version} does not fit the new file "
+                        f"({err}), keeping the running config",
+                    )
+                    return
             pipeline = self.pipeline
             if self.pipeline is not None and any(
                 getattr(new, s) != getattr(self.cfg, s) for s in ("model", "preprocess", "postprocess", "guard")
@@ -391,28 +416,35 @@ class Agent:
                         f"config reload: the new model cannot be used, keeping the running config: {err}",
                     )
                     return
-            if self.source is not None and _source_changed(self.cfg, new):
-                self.source.close()
-                self.source = None
-                self._source_done = False
-                self._next_source_try = 0.0
-                self._source_retry_s = SOURCE_RETRY_MIN_S
-            self.cfg = new
-            self._set_pipeline(pipeline)
-            self._next_model_try = 0.0
-            for ev in self.events.flush():
-                self._publish_event(ev)
-            self.events = EventMerger(new.guard.event_interval_s)
-            g = new.guard
-            self.escalation = Escalation(
-                degrade_after=g.degrade_after, act_after=g.act_after, recover_after=g.recover_after
-            )
-            self.accel = AcceleratorWatch(lose_after=new.model.delegate_lost_after, retry_s=new.model.edgetpu_retry_s)
-            self._tpu_wanted = False
-            logging.getLogger().setLevel(getattr(logging, new.service.log_level.upper(), logging.INFO))
+            self.remote.file_cfg = file_cfg
+            self._adopt_config(new, pipeline)
             log.info("config reloaded from %s", self.config_path)
         finally:
             self.notifier.send("READY=1", f"STATUS={self._status_text()}")
+
+    def _adopt_config(self, new: AgentConfig, pipeline: Pipeline | None) -> None:
+        """Make `new` the running config, with its pipeline built beforehand (between two frames)."""
+        if self.source is not None and _source_changed(self.cfg, new):
+            self.source.close()
+            self.source = None
+            self._source_done = False
+            self._next_source_try = 0.0
+            self._source_retry_s = SOURCE_RETRY_MIN_S
+        self.cfg = new
+        self._set_pipeline(pipeline)
+        self._next_model_try = 0.0
+        for ev in self.events.flush():
+            self._publish_event(ev)
+        self.events = EventMerger(new.guard.event_interval_s)
+        g = new.guard
+        self.escalation = Escalation(
+            degrade_after=g.degrade_after, act_after=g.act_after, recover_after=g.recover_after
+        )
+        self.accel = AcceleratorWatch(lose_after=new.model.delegate_lost_after, retry_s=new.model.edgetpu_retry_s)
+        self._tpu_wanted = False
+        logging.getLogger().setLevel(getattr(logging, new.service.log_level.upper(), logging.INFO))
+        self.link.publish_status(self.state)  # the status names the model
+        self._config_state_due = True
 
     def run(self) -> int:
         try:
@@ -425,6 +457,9 @@ class Agent:
         self._subscribe()
         self.link.start()
         self.link.wait_connected(5.0)
+        remove_partial_downloads(self.remote.model_dir)
+        for problem in self._startup_problems:
+            self.raise_event("config_rejected", "error", problem, {"version": self.remote.version})
         try:
             while not self._stop.is_set():
                 self._step()
@@ -446,6 +481,9 @@ class Agent:
         self._watchdog(now)
         self._storage_housekeeping(now)
         self._edgetpu_housekeeping(now)
+        self._update_housekeeping()
+        if self._config_state_due and self.link.connected:
+            self._publish_config_state()
         if now >= self._next_stats:
             self._publish_stats()
             self.notifier.status(self._status_text())
@@ -557,30 +595,168 @@ class Agent:
     def _serve(self, req: Request) -> None:
         if req.kind == "reject":
             if "/config/" in req.topic:
-                self._answer_config(None, req.reason)  # raises config_rejected
+                self._answer_config(None, req.reason, "document")  # raises config_rejected
                 return
             self._answer_cmd(req.topic.rsplit("/", 1)[-1], False, f"rejected: {req.reason}")
             self.raise_event("message_rejected", "warning", f"{req.topic}: {req.reason}", {"topic": req.topic})
             return
         if req.kind == "config":
-            version = req.payload.get("version") if isinstance(req.payload, dict) else None
-            if not isinstance(req.payload, dict):
-                self._answer_config(None, 'an update must be a JSON object {"version", "config", "sig"}')
-            elif not self.cfg.remote.enabled:
-                self._answer_config(version, "remote updates are disabled on this device (remote.enabled = false)")
-            else:
-                self._answer_config(version, "remote updates are not supported by this version of edge-agent yet")
+            self._consider_update(req.payload)
             return
         self._command(req.name, req.payload)
 
-    def _answer_config(self, version: Any, message: str) -> None:
+    def _answer_config(self, version: Any, message: str, key: str = "remote") -> None:
+        """A rejected update: answered on config/result and raised as config_rejected."""
         payload = {
-            "version": version if isinstance(version, int) else None,
+            "version": version if isinstance(version, int) and not isinstance(version, bool) else None,
             "applied": False,
-            "errors": [{"key": "remote", "message": message}],
+            "errors": [{"key": key, "message": message}],
         }
         self.link.publish(self.topics.config_result, payload, qos=1)
-        self.raise_event("config_rejected", "warning", message, {"version": payload["version"]})
+        self.raise_event(
+            "config_rejected",
+            "warning",
+            f"update rejected: {key}: {message}",
+            {"version": payload["version"], "key": key},
+        )
+
+    # ---- remote updates -------------------------------------------------------------------
+    def _consider_update(self, payload: Any) -> None:
+        version = payload.get("version") if isinstance(payload, dict) else None
+        if not self.cfg.remote.enabled:
+            self._answer_config(version, "remote updates are disabled on this device (remote.enabled = false)")
+            return
+        if self._update_build is not None or self._probation is not None:
+            busy = "being applied" if self._update_build is not None else "on probation (its first frames are watched)"
+            self._answer_config(
+                version, f"update {self._pending_version()} is {busy}: send this one again later", "version"
+            )
+            return
+        try:
+            checked = self.remote.check(payload)
+        except UpdateRejectedError as err:
+            self._answer_config(version, err.message, err.key)
+            return
+        if isinstance(checked, AlreadyApplied):
+            self.link.publish(
+                self.topics.config_result,
+                {"version": checked.version, "applied": True, "errors": [], "note": "already applied"},
+                qos=1,
+            )
+            return
+        running = self.cfg
+        log.info("update %d accepted (%s): building it", checked.version, ", ".join(checked.keys))
+        self._update_build = BackgroundBuild(
+            lambda: self._build_update(checked, running), name=f"update-{checked.version}", tag=checked
+        )
+
+    def _pending_version(self) -> int:
+        if self._update_build is not None:
+            tag = self._update_build.tag
+            return tag.version if isinstance(tag, Prepared) else 0
+        return self._probation.version if self._probation is not None else 0
+
+    def _build_update(self, prepared: Prepared, running: AgentConfig) -> tuple[Prepared, Pipeline | None]:
+        """Off the loop: download, load in a fresh interpreter, self-test. Nothing is swapped here."""
+        r = self.remote.file_cfg.remote
+        for d in prepared.downloads:
+            download(d.url, d.dest, d.sha256, max_bytes=int(r.max_model_mb * 1e6), timeout_s=r.download_timeout_s)
+        if not prepared.rebuilds_pipeline(running):
+            return prepared, None
+        try:
+            pipeline = Pipeline.load(prepared.cfg, backend_factory=self._backend_factory)
+        except ModelError as err:
+            raise UpdateRejectedError("model", f"the new model cannot be used: {err}") from None
+        try:
+            outcome = pipeline.selftest()
+        except ModelError as err:
+            pipeline.close()
+            raise UpdateRejectedError("model", f"the self-test failed: {err}") from None
+        if not isinstance(outcome, Inference):
+            pipeline.close()
+            why = f"{outcome.fault.kind}: {outcome.fault.message}" if isinstance(outcome, Fault) else outcome.message
+            raise UpdateRejectedError("model", f"the self-test did not pass the guard ({why})")
+        return prepared, pipeline
+
+    def _update_housekeeping(self) -> None:
+        build = self._update_build
+        if build is None or not build.done():
+            return
+        self._update_build = None
+        prepared = build.tag
+        assert isinstance(prepared, Prepared)
+        try:
+            _, pipeline = build.result()
+        except UpdateRejectedError as err:
+            self._answer_config(prepared.version, err.message, err.key)
+            return
+        except Exception as err:  # noqa: BLE001 - whatever went wrong, the running config stays
+            self._answer_config(prepared.version, f"{type(err).__name__}: {err}", "config")
+            return
+        previous_cfg, previous_overlay = self.cfg, self.remote.applied.overlay
+        old_pipeline = self.pipeline
+        model_changed = prepared.changes_model(previous_cfg) and pipeline is not None
+        if model_changed and old_pipeline is not None:
+            self.pipeline = None  # kept aside for a rollback, not closed: see Probation
+        self._adopt_config(prepared.cfg, pipeline if pipeline is not None else old_pipeline)
+        self.remote.commit(prepared)
+        if model_changed and old_pipeline is not None:
+            r = prepared.cfg.remote
+            self._probation = Probation(
+                prepared.version,
+                r.probation_frames,
+                r.rollback_after_faults,
+                old_pipeline,
+                previous_cfg,
+                previous_overlay,
+            )
+        self.link.publish(
+            self.topics.config_result, {"version": prepared.version, "applied": True, "errors": []}, qos=1
+        )
+        self.raise_event(
+            "config_applied",
+            "info",
+            f"update {prepared.version} applied ({', '.join(prepared.keys)})",
+            {"version": prepared.version, "keys": list(prepared.keys), **self._model_detail()},
+        )
+        self._config_state_due = True
+
+    def _watch_probation(self, faulty: bool) -> None:
+        """The first frames after a model update: too many faults roll the model back."""
+        pb = self._probation
+        if pb is None:
+            return
+        pb.frames += 1
+        pb.faults += int(faulty)
+        if pb.faults > pb.fault_limit:
+            self._roll_back(pb)
+        elif pb.frames >= pb.frame_limit:
+            self._probation = None
+            pb.old_pipeline.close()
+            log.info("update %d passed its probation (%d faults in %d frames)", pb.version, pb.faults, pb.frames)
+
+    def _roll_back(self, pb: Probation) -> None:
+        self._probation = None
+        why = f"{pb.faults} faulty frames in the first {pb.frames} after the model update (limit {pb.fault_limit})"
+        new_name = self.pipeline.model.name if self.pipeline is not None else "?"
+        self._adopt_config(pb.old_cfg, pb.old_pipeline)
+        self.remote.roll_back(pb.version, pb.old_overlay, why)
+        self.link.publish(
+            self.topics.config_result,
+            {"version": pb.version, "applied": False, "errors": [{"key": "model", "message": f"rolled back: {why}"}]},
+            qos=1,
+        )
+        self.raise_event(
+            "model_error",
+            "error",
+            f"update {pb.version}: {new_name} rolled back to {pb.old_pipeline.model.name}: {why}",
+            {"version": pb.version, "reason": "rolled_back", **self._model_detail()},
+        )
+        self._config_state_due = True
+
+    def _publish_config_state(self) -> None:
+        self._config_state_due = False
+        self.link.publish(self.topics.config_state, config_state(self.cfg, self.remote.version), qos=1, retain=True)
 
     def _command(self, name: str, args: Any) -> None:
         if name not in COMMANDS:
@@ -704,6 +880,7 @@ class Agent:
             if self.pipeline.model.delegate == "edgetpu" and self.accel.failure():
                 self._lose_edgetpu(err)
                 return
+            self._watch_probation(faulty=True)
             self._escalate(self.escalation.fault())
             return
         self.accel.success()
@@ -720,11 +897,13 @@ class Agent:
             self.stats.record(outcome.latency_ms)
             f = outcome.fault
             self.raise_event(f.kind, f.severity, f"{frame.source}: {f.message}", self._evidence(frame, f.detail))
+            self._watch_probation(faulty=True)
             self._escalate(self.escalation.fault())
             return
         for w in outcome.warnings:
             self.raise_event(w.kind, w.severity, f"{frame.source}: {w.message}", self._evidence(frame, w.detail))
         self._publish_result(frame, outcome)
+        self._watch_probation(faulty=False)
         self._escalate(self.escalation.good())
 
     # ---- the Edge TPU: lost, and found again ------------------------------------------------
@@ -953,6 +1132,9 @@ class Agent:
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        if self._probation is not None:  # the new model stays (it is stored): the kept one goes
+            self._probation.old_pipeline.close()
+            self._probation = None
         if self._tpu_probe is not None and self._tpu_probe.wait(5.0):
             with contextlib.suppress(Exception):
                 self._tpu_probe.result().close()

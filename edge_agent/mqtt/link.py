@@ -319,6 +319,9 @@ class MqttLink:
         except json.JSONDecodeError as err:
             reject(msg.topic, f"message is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}")
             return
+        except RecursionError:  # thousands of nested brackets: the parser's stack gives up
+            reject(msg.topic, "message is nested too deeply to be parsed")
+            return
         handler(msg.topic, parsed)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:

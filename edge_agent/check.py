@@ -107,7 +107,7 @@ def _describe_outcome(o: Outcome) -> tuple[str, bool]:
 
 def run_check(cfg: AgentConfig, samples: list[str], out: Callable[[str], None]) -> int:
     try:
-        pipeline = Pipeline.load(cfg)
+        pipeline = Pipeline.load(cfg, source_check=False)
     except ModelError as err:
         out(f"model: FAULT: {err}")
         return 1

@@ -64,6 +64,7 @@ class Skipped:
 Outcome = Inference | Fault | Skipped
 
 SUPPORTED_TASKS = ("classification", "regression", "raw")
+IMAGE_SOURCES = ("images", "opencv", "picamera2", "synthetic")
 
 
 def _ms(a: float, b: float) -> float:
@@ -71,7 +72,9 @@ def _ms(a: float, b: float) -> float:
 
 
 class Pipeline:
-    def __init__(self, cfg: AgentConfig, model: LoadedModel | WorkerModel) -> None:
+    def __init__(self, cfg: AgentConfig, model: LoadedModel | WorkerModel, *, source_check: bool = True) -> None:
+        """`source_check`: refuse a model whose input does not take what source.kind delivers
+        (off for `check`, which feeds sample files instead of the source)."""
         self.cfg = cfg
         self.model = model
         self.task = cfg.model.task
@@ -89,6 +92,13 @@ class Pipeline:
         features = cfg.preprocess.features if cfg.preprocess else ()
         transform = self._transform(info)
         self.pre = Preprocessor(info, transform, features, skip_missing=cfg.guard.on_input_nan == "skip")
+        delivers = "images" if cfg.source.kind in IMAGE_SOURCES else "vectors"
+        if source_check and (delivers == "images") == self.pre.vector:
+            takes = f"a vector input {list(info.shape)}" if self.pre.vector else f"an image input {list(info.shape)}"
+            raise ModelError(
+                f"{model.name} takes {takes}, but source.kind = {cfg.source.kind!r} delivers {delivers}",
+                reason="inputs",
+            )
         self._tensor_fn = model.input_view(0)
         self.decoder: Callable[[list[npt.NDArray[np.float32]]], dict[str, Any]]
         self.classifier: Classifier | None = None
@@ -113,10 +123,21 @@ class Pipeline:
 
     @classmethod
     def load(
-        cls, cfg: AgentConfig, model_cfg: ModelConfig | None = None, *, backend_factory: BackendFactory | None = None
+        cls,
+        cfg: AgentConfig,
+        model_cfg: ModelConfig | None = None,
+        *,
+        backend_factory: BackendFactory | None = None,
+        source_check: bool = True,
     ) -> Pipeline:
         """The pipeline for cfg, with cfg.model or another model config (a fallback, a retry)."""
-        return cls(cfg, open_model(model_cfg or cfg.model, backend_factory=backend_factory))
+        model = open_model(model_cfg or cfg.model, backend_factory=backend_factory)
+        try:
+            return cls(cfg, model, source_check=source_check)
+        except ModelError:
+            if isinstance(model, WorkerModel):
+                model.close()
+            raise
 
     def close(self) -> None:
         """Stop an isolated model's worker process (nothing to do for an inline model)."""

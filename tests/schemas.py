@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
-NAMES = ("status", "result", "event", "stats", "config_result", "cmd_result")
+NAMES = ("status", "result", "event", "stats", "config_result", "config_state", "cmd_result")
 
 # the device's topic leaf (after `prefix/device/`) → the schema of what the agent publishes there
 SCHEMA_OF_LEAF = {
@@ -24,6 +24,7 @@ SCHEMA_OF_LEAF = {
     "events": "event",
     "stats": "stats",
     "config/result": "config_result",
+    "config/state": "config_state",
     "cmd/result": "cmd_result",
 }
 

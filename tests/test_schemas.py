@@ -111,7 +111,7 @@ def test_result_schema_accepts_every_task(payload: dict[str, Any]) -> None:
             "is not one of",
         ),
         ("config_result", {"version": 2, "applied": False, "errors": []}, "should be non-empty"),
-        ("config_result", {"version": 2, "applied": True, "errors": [], "note": "x"}, "Additional properties"),
+        ("config_result", {"version": 2, "applied": True, "errors": [], "extra": "x"}, "Additional properties"),
         ("cmd_result", {"command": "pause", "ok": "yes", "message": "m", "ts": 1}, "is not of type 'boolean'"),
     ],
 )

@@ -190,7 +190,7 @@ class Collector:
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             payload: Any = json.loads(msg.payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or hostile nesting: kept as bytes
             payload = msg.payload
         with self._cond:
             self.messages.append(Message(msg.topic, payload, bool(msg.retain), time.monotonic()))

@@ -97,6 +97,10 @@ class RemoteUpdates:
     def check(self, payload: Any) -> Prepared | AlreadyApplied:
         """Raise UpdateRejectedError(key, why) for anything SPEC refuses."""
         doc = parse_update(payload, self._key())
+        if doc.version == self.applied.version and self.applied.note:
+            raise UpdateRejectedError(
+                "version", f"{self.applied.note}: send the update again with a version above {doc.version}"
+            )
         if doc.version == self.applied.version:
             return AlreadyApplied(doc.version)
         if doc.version < self.applied.version:

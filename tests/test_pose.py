@@ -32,7 +32,6 @@ import pytest
 from conftest import INTERPRETER
 from mqtt_helpers import AgentProcess, Collector, write_config
 from pydantic import ValidationError
-from schemas import validate
 
 from edge_agent.broker import LocalBroker
 from edge_agent.config import PostprocessConfig, parse_config
@@ -41,6 +40,7 @@ from edge_agent.pipeline import Inference, Pipeline
 from edge_agent.postprocess.pose import KEYPOINT_NAMES, MULTI_ROW, PoseDecoder
 from edge_agent.preprocess import Geometry
 from edge_agent.sources.base import Frame
+from schemas import validate
 
 MOVENET = "movenet_single_pose_lightning_ptq.tflite"
 REFERENCE = "movenet_single_pose_lightning_ptq_reference.csv"

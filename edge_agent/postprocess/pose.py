@@ -53,7 +53,7 @@ MULTI_ROW = NUM_KEYPOINTS * 3 + 5  # 17 × (y, x, score), box (4), score
 
 
 def pose_layout(shape: tuple[int, ...]) -> str:
-    """"single" or "multi" for an output shape this decoder reads; a ModelError otherwise."""
+    """ "single" or "multi" for an output shape this decoder reads; a ModelError otherwise."""
     if shape in ((1, 1, NUM_KEYPOINTS, 3), (1, NUM_KEYPOINTS, 3)):
         return "single"
     if len(shape) == 3 and shape[0] == 1 and shape[2] == MULTI_ROW and shape[1] >= 1:
@@ -92,7 +92,13 @@ class PoseDecoder:
         scores = kp[:, 2].astype(np.float64)
         visible = inside & (scores >= self.keypoint_threshold)
         points = [
-            {"name": name, "x": round(float(px), 2), "y": round(float(py), 2), "score": round(float(s), 6), "visible": bool(v)}
+            {
+                "name": name,
+                "x": round(float(px), 2),
+                "y": round(float(py), 2),
+                "score": round(float(s), 6),
+                "visible": bool(v),
+            }
             for name, px, py, s, v in zip(KEYPOINT_NAMES, x, y, scores, visible, strict=True)
         ]
         return points, float(scores.mean())
@@ -114,7 +120,12 @@ class PoseDecoder:
             poses.append(
                 {
                     "score": round(score, 6),
-                    "box": [round(float(bx[0]), 2), round(float(by[0]), 2), round(float(bx[1]), 2), round(float(by[1]), 2)],
+                    "box": [
+                        round(float(bx[0]), 2),
+                        round(float(by[0]), 2),
+                        round(float(bx[1]), 2),
+                        round(float(by[1]), 2),
+                    ],
                     "keypoints": points,
                 }
             )

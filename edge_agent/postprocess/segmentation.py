@@ -120,7 +120,5 @@ class Segmenter:
         if not ok:
             raise ValueError("the mask could not be encoded as PNG")
         if png.size > self.max_bytes:
-            raise ValueError(
-                f"the mask PNG is {png.size} bytes, over postprocess.mask_max_bytes = {self.max_bytes}"
-            )
+            raise ValueError(f"the mask PNG is {png.size} bytes, over postprocess.mask_max_bytes = {self.max_bytes}")
         return png.tobytes(), x1 - x0, y1 - y0

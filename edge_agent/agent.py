@@ -140,6 +140,7 @@ class Agent:
         # a snapshot is taken from the next frame while the source still lends it (frames are
         # not copied per frame: a camera's buffer may be gone once released)
         self._snapshot_wanted = False
+        self._mask_wanted = False  # segmentation: the next result's mask as PNG on P/D/mask
         self._frames_read = 0
         self.exit_code = 0
         g = cfg.guard
@@ -790,6 +791,13 @@ class Agent:
             self._try_load_model(time.monotonic())
             ok = self.pipeline is not None
             self._answer_cmd(name, ok, "model reloaded" if ok else "reload failed: see the model_error event")
+        elif name == "mask":
+            if self.pipeline is None or self.pipeline.segmenter is None:
+                self._answer_cmd(name, False, "the model is not a segmentation model (model.task)")
+            elif self.paused or self.source is None or self._source_done:
+                self._answer_cmd(name, False, "no frames are flowing (paused, finished or degraded)")
+            else:
+                self._mask_wanted = True  # answered by `_publish_mask` after the next result
         else:  # snapshot: the next frame as JPEG on P/D/snapshot
             if self.paused or self.source is None or self.pipeline is None or self._source_done:
                 self._answer_cmd(name, False, "no frames are flowing (paused, finished or degraded)")
@@ -808,6 +816,23 @@ class Agent:
             return
         self.link.publish(f"{self.topics.prefix}/{self.topics.device}/snapshot", jpeg.tobytes(), qos=0)
         self._answer_cmd("snapshot", True, "snapshot published", bytes=int(jpeg.size), frame_seq=frame.seq)
+
+    def _publish_mask(self, frame: Frame) -> None:
+        """The mask of the result just published, as PNG on P/D/mask (see postprocess/segmentation.py)."""
+        self._mask_wanted = False
+        seg = self.pipeline.segmenter if self.pipeline is not None else None
+        if seg is None:
+            self._answer_cmd("mask", False, "the model is not a segmentation model (model.task)")
+            return
+        try:
+            png, width, height = seg.mask_png()
+        except ValueError as err:
+            self._answer_cmd("mask", False, str(err))
+            return
+        self.link.publish(f"{self.topics.prefix}/{self.topics.device}/mask", png, qos=0)
+        self._answer_cmd(
+            "mask", True, "mask published", bytes=len(png), width=width, height=height, frame_seq=frame.seq
+        )
 
     def _watchdog(self, now: float) -> None:
         """WATCHDOG=1 at half of WATCHDOG_USEC, only while frames really flow through inference
@@ -903,6 +928,8 @@ class Agent:
         for w in outcome.warnings:
             self.raise_event(w.kind, w.severity, f"{frame.source}: {w.message}", self._evidence(frame, w.detail))
         self._publish_result(frame, outcome)
+        if self._mask_wanted:
+            self._publish_mask(frame)
         self._watch_probation(faulty=False)
         self._escalate(self.escalation.good())
 

@@ -10,7 +10,7 @@ import queue
 from dataclasses import dataclass
 from typing import Any
 
-COMMANDS = ("snapshot", "reload", "pause", "resume", "selftest")
+COMMANDS = ("snapshot", "reload", "pause", "resume", "selftest", "mask")
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,14 @@ from edge_agent.guard import Context, GuardFault, OutputFault, OutputGuard, all_
 from edge_agent.input_guard import InputGuard
 from edge_agent.postprocess.classification import Classifier
 from edge_agent.postprocess.labels import load_labels
+from edge_agent.postprocess.pose import PoseDecoder
 from edge_agent.postprocess.regression import Regressor
+from edge_agent.postprocess.segmentation import Segmenter
 from edge_agent.preprocess import (
+    Geometry,
     ImagePlan,
     ImageTransform,
+    InputLayout,
     Preprocessor,
     VectorPlan,
     compare_transforms,
@@ -63,7 +67,7 @@ class Skipped:
 
 Outcome = Inference | Fault | Skipped
 
-SUPPORTED_TASKS = ("classification", "regression", "raw")
+SUPPORTED_TASKS = ("classification", "regression", "raw", "pose", "segmentation")
 IMAGE_SOURCES = ("images", "opencv", "picamera2", "synthetic")
 
 
@@ -108,9 +112,12 @@ class Pipeline:
         )
         expected, origin = self._expected_range()
         self.input_guard = InputGuard(cfg.guard, expected_range=expected, range_origin=origin)
+        self.segmenter: Segmenter | None = None
         if self.task == "classification":
             self.classifier = Classifier(cfg.postprocess, self._labels())
             self.decoder = lambda outs: self.classifier.decode(outs[0]) if self.classifier else {}
+        elif self.task in ("pose", "segmentation"):
+            self.decoder = self._image_decoder(cfg, model)
         else:
             reg = Regressor(cfg.postprocess, tuple(o.name for o in model.outputs))
             total = sum(int(np.prod(o.shape)) for o in model.outputs)
@@ -120,6 +127,29 @@ class Pipeline:
                     reason="outputs",
                 )
             self.decoder = reg.decode
+
+    def _image_decoder(
+        self, cfg: AgentConfig, model: LoadedModel | WorkerModel
+    ) -> Callable[[list[npt.NDArray[np.float32]]], dict[str, Any]]:
+        """Pose and segmentation map model coordinates back through the frame's geometry."""
+        if not isinstance(self.pre.transform, ImageTransform) or self.pre.vector:
+            raise ModelError(f"model.task = {self.task!r} needs an image input", reason="inputs")
+        try:
+            lay = InputLayout.of(model.inputs[0])
+        except PreprocessError as err:
+            raise ModelError(f"model.task = {self.task!r}: {err}", reason="inputs") from None
+        shape, hw = tuple(model.outputs[0].shape), (lay.height, lay.width)
+        if self.task == "pose":
+            pose = PoseDecoder(cfg.postprocess, shape, hw)
+            return lambda outs: pose.decode(outs[0], *self._geometry())
+        seg = self.segmenter = Segmenter(cfg.postprocess, self._labels(), shape, hw)
+        return lambda outs: seg.decode(outs[0], *self._geometry())
+
+    def _geometry(self) -> tuple[Geometry, tuple[int, int]]:
+        """The last frame's geometry and size (width, height)."""
+        plan = self.pre.plan
+        assert isinstance(plan, ImagePlan)
+        return plan.geometry, (plan.frame_shape[1], plan.frame_shape[0])
 
     @classmethod
     def load(

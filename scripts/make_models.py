@@ -26,6 +26,10 @@ Writes, deterministically (fixed seeds, op determinism):
   on 0.5 s windows of 48 kHz float samples in [-1, 1]; the log-magnitude STFT is inside the
   graph (RFFT2D builtin). Trained and held out on clips from ``audio_synth.py``
   (``--only audio`` rebuilds just this one and its manifest entry).
+* ``segmentation.tflite`` + ``segmentation_labels.txt`` + ``seg_canvases/``: a tiny
+  encoder-decoder labelling each pixel background or one of the ten digits, on canvases of
+  load_digits digits (letterboxed to 64×64); 24 held-out 96×64 canvases with their masks
+  (``--only segmentation``).
 * ``manifest.json``: files, hashes, tensors, transforms, and numbers measured through
   ai-edge-litert by ``scripts/verify_models.py``.
 """
@@ -420,6 +424,163 @@ def only_audio(verify_python, t0):
     final_check(verify_python, t0)
 
 
+# --------------------------------------------------------------------------- segmentation
+
+SEG_DIR = "seg_canvases"
+SEG_SIZE = 64  # model input and output: 64×64
+SEG_CANVAS = (96, 64)  # held-out canvases (width, height): letterboxed into the model
+SEG_LABELS = ("background", *LABELS)
+SEG_HELDOUT = 24
+SEG_INK = 0.3  # a digit pixel is labelled where its ink is >= 30 % of full
+
+
+def seg_canvas(rng, digits_imgs, digits_y, width, height):
+    """One canvas: a noisy dark background, 1-3 digits (upscaled, tinted) at random places
+    without overlap; the mask holds 0 (background) or 1 + the digit."""
+    import cv2
+    import numpy as np
+
+    bg = rng.integers(10, 90)
+    img = np.clip(rng.normal(bg, 12, (height, width, 3)), 0, 255).astype(np.float32)
+    mask = np.zeros((height, width), np.uint8)
+    taken = np.zeros((height, width), bool)
+    for _ in range(int(rng.integers(1, 4))):
+        k = int(rng.integers(len(digits_y)))
+        size = int(rng.integers(18, 33))
+        for _try in range(10):
+            x, y = int(rng.integers(0, width - size + 1)), int(rng.integers(0, height - size + 1))
+            if not taken[y : y + size, x : x + size].any():
+                break
+        else:
+            continue
+        ink = cv2.resize(digits_imgs[k], (size, size), interpolation=cv2.INTER_LINEAR) / 16.0
+        tint = rng.uniform(0.6, 1.0, 3) * 255.0
+        region = img[y : y + size, x : x + size]
+        region[:] = region * (1 - ink[:, :, None]) + ink[:, :, None] * tint
+        mask[y : y + size, x : x + size][ink >= SEG_INK] = 1 + int(digits_y[k])
+        taken[y : y + size, x : x + size] = True
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), mask
+
+
+def seg_letterbox(img, mask, side):
+    """What the agent's letterbox does (linear for the image, nearest for the mask, pad 0)."""
+    import cv2
+    import numpy as np
+
+    h, w = mask.shape
+    r = min(side / w, side / h)
+    nw, nh = max(1, round(w * r)), max(1, round(h * r))
+    ox, oy = (side - nw) // 2, (side - nh) // 2
+    out = np.zeros((side, side, 3), np.uint8)
+    out_m = np.zeros((side, side), np.uint8)
+    out[oy : oy + nh, ox : ox + nw] = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    out_m[oy : oy + nh, ox : ox + nw] = cv2.resize(mask, (nw, nh), interpolation=cv2.INTER_NEAREST)
+    return out, out_m
+
+
+def seg_data(digit_idx, n, seed, *, letterboxed):
+    """n canvases from the given load_digits samples; letterboxed ones as the model sees them."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    rng = np.random.default_rng(seed)
+    imgs, masks = [], []
+    for _ in range(n):
+        if letterboxed:
+            w, h = int(rng.integers(40, 129)), int(rng.integers(40, 129))
+        else:
+            w, h = SEG_CANVAS
+        img, m = seg_canvas(rng, d.images[digit_idx], d.target[digit_idx], w, h)
+        if letterboxed:
+            img, m = seg_letterbox(img, m, SEG_SIZE)
+        imgs.append(img)
+        masks.append(m)
+    return np.stack(imgs) if letterboxed else imgs, np.stack(masks) if letterboxed else masks
+
+
+def build_segmentation(train_idx):
+    """A tiny encoder-decoder: 64×64 RGB float (pixel/255) → [1, 32, 32, 11] softmax."""
+    import numpy as np
+    from tensorflow import keras
+
+    seed_everything()
+    inp = keras.Input((SEG_SIZE, SEG_SIZE, 3), name="image")
+    e1 = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(inp)  # 32
+    e2 = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(e1)  # 16
+    e3 = keras.layers.Conv2D(48, 3, strides=2, padding="same", activation="relu")(e2)  # 8
+    b = keras.layers.Conv2D(48, 3, padding="same", activation="relu")(e3)  # sees a whole digit
+    d2 = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(
+        keras.layers.Concatenate()([keras.layers.UpSampling2D(2)(b), e2]))
+    d1 = keras.layers.Conv2D(24, 3, padding="same", activation="relu")(
+        keras.layers.Concatenate()([keras.layers.UpSampling2D(2)(d2), e1]))
+    logits = keras.layers.Conv2D(len(SEG_LABELS), 1)(d1)  # at half the input's resolution
+    model = keras.Model(inp, keras.layers.Softmax(name="probabilities")(logits))
+    x, m = seg_data(train_idx, 3000, SEED, letterboxed=True)
+    x = x.astype(np.float32) / 255.0
+    # the labels at the output's resolution: every other pixel (nearest)
+    train(model, x, m[:, ::2, ::2], epochs=25, loss="sparse_categorical_crossentropy", lr=2e-3)
+    return convert(concrete_fn(model, [1, SEG_SIZE, SEG_SIZE, 3]), model)
+
+
+def seg_entry(labels_name):
+    return {
+        "file": "segmentation.tflite", "role": "segmentation",
+        "transform": {"kind": "image", "resize": "letterbox", "interpolation": "linear",
+                      "color": "rgb", "scale": 1.0 / 255.0, "mean": [0.0], "std": [1.0],
+                      "pad_value": 0},
+        "labels": labels_name, "metadata": None,
+        "heldout_canvases": {"dir": SEG_DIR, "count": SEG_HELDOUT,
+                    "name": "NNNN.png (BGR canvas) + NNNN_mask.png (gray, class ids)",
+                    "size": list(SEG_CANVAS)},
+        "notes": "float32 [1, 64, 64, 3] = pixel/255 (RGB), letterboxed with padding 0; output "
+                 "[1, 32, 32, 11] (half the input's resolution) softmax over background and the ten digits. Trained on "
+                 "canvases (40-128 px a side, letterboxed) of 1-3 sklearn load_digits digits "
+                 "from the 80 % training split on noisy dark backgrounds; a pixel is a digit's "
+                 f"where its ink is >= {SEG_INK} of full. Held out: {SEG_HELDOUT} canvases of "
+                 f"{SEG_CANVAS[0]}×{SEG_CANVAS[1]} from the 20 % split, measured (IoU, pixel "
+                 "accuracy) on the frame's region of the letterboxed output, resized back to "
+                 "the canvas with nearest neighbour.",
+    }
+
+
+def write_segmentation(test_idx, train_idx):
+    import cv2
+
+    labels_path = OUT / "segmentation_labels.txt"
+    labels_path.write_text("".join(f"{w}\n" for w in SEG_LABELS))
+    sdir = OUT / SEG_DIR
+    if sdir.exists():
+        shutil.rmtree(sdir)
+    sdir.mkdir()
+    imgs, masks = seg_data(test_idx, SEG_HELDOUT, SEED + 1, letterboxed=False)
+    for n, (img, m) in enumerate(zip(imgs, masks, strict=True)):
+        if not (cv2.imwrite(str(sdir / f"{n:04d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+                and cv2.imwrite(str(sdir / f"{n:04d}_mask.png"), m)):
+            raise RuntimeError("cv2.imwrite failed")
+    (OUT / "segmentation.tflite").write_bytes(build_segmentation(train_idx))
+    return seg_entry(labels_path.name)
+
+
+def only_segmentation(verify_python, t0):
+    """Rebuild the segmentation model alone and its manifest entry; the other models are kept."""
+    from sklearn.datasets import load_digits
+
+    mpath = OUT / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    y = load_digits().target
+    tr, te = split(len(y), y)
+    entry = write_segmentation(te, tr)
+    manifest["models"]["segmentation"] = entry
+    mpath.write_text(json.dumps(manifest, indent=1) + "\n")
+    r = fill_measured(verify_python)[entry["file"]]
+    for key in ("size", "sha256", "inputs", "outputs"):
+        entry[key] = r[key]
+    entry["measured"] = {"via": "ai-edge-litert", **r["heldout"]}
+    mpath.write_text(json.dumps(manifest, indent=1) + "\n")
+    final_check(verify_python, t0)
+
+
 # --------------------------------------------------------------------------- metadata
 
 
@@ -497,8 +658,8 @@ def main():
     ap = argparse.ArgumentParser(description="Build the bundled test models (dev only).")
     ap.add_argument("--verify-python", help="Python with numpy, opencv and ai-edge-litert")
     ap.add_argument("--metadata-child", nargs=5, help=argparse.SUPPRESS)
-    ap.add_argument("--only", choices=["all", "audio"], default="all",
-                    help="audio: rebuild only audio.tflite and its manifest entry")
+    ap.add_argument("--only", choices=["all", "audio", "segmentation"], default="all",
+                    help="audio / segmentation: rebuild only that model and its manifest entry")
     args = ap.parse_args()
     if args.metadata_child:
         m, labels, mean, std, out = args.metadata_child
@@ -517,6 +678,9 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     if args.only == "audio":
         only_audio(verify_python, t0)
+        return
+    if args.only == "segmentation":
+        only_segmentation(verify_python, t0)
         return
     frames, y = digits_frames()
     tr, te = split(len(y), y)
@@ -560,6 +724,8 @@ def main():
     (OUT / "invoke_error.tflite").write_bytes(build_invoke_error())
     audio = write_audio()
     print(f"audio trained/converted ({time.time() - t0:.0f}s)", flush=True)
+    segmentation = write_segmentation(te, tr)
+    print(f"segmentation trained/converted ({time.time() - t0:.0f}s)", flush=True)
 
     unstable_buf, unstable_train_nan, unstable_norm = build_unstable()
     # The same standardisation as sensor, so sensor's transform works unchanged.
@@ -651,6 +817,7 @@ def main():
                      "1-based file lines, header = line 1); r2/mae are over the other rows.",
         },
         "audio": audio,
+        "segmentation": segmentation,
     }
     manifest = {
         "generator": "scripts/make_models.py",

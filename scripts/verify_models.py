@@ -10,7 +10,8 @@ It reads ``edge_agent/bundled/manifest.json`` for each model's training transfor
 held-out data (``digits_frames/*.png``, ``sensor_heldout.csv``, the audio clips that
 ``audio_synth.py`` draws with the manifest's seed) through ai-edge-litert and
 measures accuracy / R² / MAE, NaN behaviour and the invoke error. It exits non-zero when a
-model misses its bar (digits >= 95 %, audio >= 95 %, nan_prone >= 90 % and non-finite on raw pixels, the
+model misses its bar (digits >= 95 %, audio >= 95 %, segmentation pixel accuracy >= 92 %
+and mean IoU >= 0.4 on the held-out canvases letterboxed as the agent does, nan_prone >= 90 % and non-finite on raw pixels, the
 invoke_error model raising, unstable finite with R² >= 0.3 exactly where z_bmi >= -1 and
 NaN exactly where z_bmi < -1, with sensor's transform), when a file is >= 300 KB, or when
 the manifest's sha256, sizes, tensor details or recorded measurements disagree with what it
@@ -44,6 +45,8 @@ NAN_PRONE_MIN_ACC = 0.90
 NAN_PRONE_MIN_NONFINITE = 0.95
 UNSTABLE_MIN_R2 = 0.3  # on the held-out rows where the model is defined (z_bmi >= -1)
 AUDIO_MIN_ACC = 0.95
+SEG_MIN_PIXEL_ACC = 0.92
+SEG_MIN_MEAN_IOU = 0.4
 
 
 def make_interpreter(path: Path, *, default_delegates: bool = True) -> Any:
@@ -186,6 +189,8 @@ def measure(bundled: Path = BUNDLED) -> dict[str, Any]:
             r["heldout"] = measure_unstable(interp, path, bundled, manifest, t)
         elif role == "audio":
             r["heldout"] = measure_audio(interp, t)
+        elif role == "segmentation":
+            r["heldout"] = measure_segmentation(interp, bundled / entry["heldout_canvases"]["dir"])
         elif role == "invoke_error":
             shape = r["inputs"][0]["shape"]
             trials = {
@@ -271,6 +276,58 @@ def measure_audio(interp: Any, t: dict[str, Any]) -> dict[str, Any]:
     return {"n": len(y), "accuracy": float(np.mean(pred == y)), "accuracy_per_class": per_class}
 
 
+def letterbox(img: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The agent's letterbox (linear, padding 0) and the frame's box (x, y, w, h) in it."""
+    h, w = img.shape[:2]
+    r = min(side / w, side / h)
+    nw, nh = max(1, round(w * r)), max(1, round(h * r))
+    ox, oy = (side - nw) // 2, (side - nh) // 2
+    out = np.zeros((side, side, 3), np.uint8)
+    out[oy : oy + nh, ox : ox + nw] = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return out, (ox, oy, nw, nh)
+
+
+def measure_segmentation(interp: Any, canvases: Path) -> dict[str, Any]:
+    """Held-out canvases letterboxed into the model; the frame's region of the argmax mask,
+    resized back to the canvas (nearest), against the ground truth: per-class IoU (classes
+    present in the truth or the prediction), pixel accuracy, class-fraction error."""
+    side = int(interp.get_input_details()[0]["shape"][1])
+    inter = union = None
+    correct = total = 0
+    frac_err = 0.0
+    for p in sorted(canvases.glob("[0-9][0-9][0-9][0-9].png")):
+        rgb = cv2.cvtColor(cv2.imread(str(p), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        truth = cv2.imread(str(p.with_name(p.stem + "_mask.png")), cv2.IMREAD_UNCHANGED)
+        x, (ox, oy, nw, nh) = letterbox(rgb, side)
+        out = run(interp, (x.astype(np.float32) / np.float32(255.0))[None])[0]
+        classes = out.shape[-1]
+        mask = np.argmax(out, axis=-1).astype(np.uint8)
+        sy, sx = out.shape[0] / side, out.shape[1] / side
+        region = mask[round(oy * sy) : round((oy + nh) * sy), round(ox * sx) : round((ox + nw) * sx)]
+        pred = cv2.resize(region, (truth.shape[1], truth.shape[0]), interpolation=cv2.INTER_NEAREST)
+        if inter is None:
+            inter, union = np.zeros(classes), np.zeros(classes)
+        assert union is not None
+        for c in range(classes):
+            inter[c] += np.count_nonzero((pred == c) & (truth == c))
+            union[c] += np.count_nonzero((pred == c) | (truth == c))
+        correct += int(np.count_nonzero(pred == truth))
+        total += truth.size
+        ft = np.bincount(truth.ravel(), minlength=classes) / truth.size
+        fp = np.bincount(region.ravel(), minlength=classes) / region.size
+        frac_err = max(frac_err, float(np.abs(ft - fp).max()))
+    assert inter is not None and union is not None
+    present = union > 0
+    iou = inter[present] / union[present]
+    return {
+        "n": len(list(canvases.glob("[0-9][0-9][0-9][0-9].png"))),
+        "pixel_accuracy": correct / total,
+        "mean_iou": float(iou.mean()),
+        "background_iou": float(inter[0] / union[0]),
+        "max_fraction_error": frac_err,
+    }
+
+
 def embedded_files(path: Path) -> dict[str, str]:
     """Associated files packed by the metadata populator (a zip appended to the model)."""
     data = path.read_bytes()
@@ -301,6 +358,10 @@ def check(bundled: Path, results: dict[str, Any], *, compare_manifest: bool) -> 
         h = r.get("heldout", {})
         if role == "digits" and h["accuracy"] < DIGITS_MIN_ACC:
             problems.append(f"{f}: accuracy {h['accuracy']:.4f} < {DIGITS_MIN_ACC}")
+        if role == "segmentation" and (
+            h["pixel_accuracy"] < SEG_MIN_PIXEL_ACC or h["mean_iou"] < SEG_MIN_MEAN_IOU
+        ):
+            problems.append(f"{f}: pixel accuracy {h['pixel_accuracy']:.4f}, mean IoU {h['mean_iou']:.4f}")
         if role == "audio" and h["accuracy"] < AUDIO_MIN_ACC:
             problems.append(f"{f}: accuracy {h['accuracy']:.4f} < {AUDIO_MIN_ACC}")
         if role == "nan_prone":

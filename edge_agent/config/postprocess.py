@@ -18,6 +18,17 @@ class PostprocessConfig(Section):
     # regression / raw: names of the output values in order, and their units
     value_names: tuple[str, ...] = ()
     units: dict[str, str] = Field(default_factory=dict)
+    # ---- pose ----
+    keypoint_threshold: float = Field(
+        default=0.2, ge=0.0, le=1.0, description="a keypoint scoring below this is listed with visible = false"
+    )
+    pose_threshold: float = Field(
+        default=0.2, ge=0.0, le=1.0, description="multi-pose models: people scoring below this are left out"
+    )
+    # ---- segmentation ----
+    mask_max_bytes: int = Field(
+        default=256 * 1024, ge=1024, le=16 * 1024 * 1024, description="the `mask` command refuses a larger PNG"
+    )
 
     @model_validator(mode="after")
     def _filters(self) -> PostprocessConfig:

@@ -66,6 +66,10 @@ run install -d -m 0750 -o root -g "$USER_NAME" "$CONF"
 if [ ! -e "$CONF/agent.toml" ]; then
   run install -m 0640 -o root -g "$USER_NAME" config/agent.example.toml "$CONF/agent.toml"
   echo "installed the reference config at $CONF/agent.toml: edit [model], [source] and [mqtt]"
+else
+  # a config put there beforehand must be readable by the service user (its content is kept)
+  run chgrp "$USER_NAME" "$CONF/agent.toml"
+  run chmod g+r "$CONF/agent.toml"
 fi
 for cred in mqtt_password update.key; do  # LoadCredential= needs the files to exist
   if [ ! -e "$CONF/$cred" ]; then run install -m 0600 /dev/null "$CONF/$cred"; fi
@@ -83,7 +87,8 @@ run udevadm control --reload || true
 run udevadm trigger --subsystem-match=usb || true
 run systemctl daemon-reload
 if [ "$start" = 1 ]; then
-  run systemctl enable --now edge-agent.service
+  # one start (an upgrade restarts a running service), not two: each counts against StartLimitBurst
+  run systemctl enable edge-agent.service
   run systemctl restart edge-agent.service
 else
   run systemctl enable edge-agent.service

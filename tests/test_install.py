@@ -25,14 +25,16 @@ def test_install_actions() -> None:
         "-m venv /opt/edge-agent/venv",
         "install -m 0644 systemd/edge-agent.service /etc/systemd/system/edge-agent.service",
         "/etc/udev/rules.d/71-edge-agent-coral.rules",
-        "systemctl enable --now edge-agent.service",
+        "systemctl enable edge-agent.service",
+        "systemctl restart edge-agent.service",
     ):
         assert expected in out, (expected, out)
     assert "mqtt_password" in out and "update.key" in out  # LoadCredential= sources exist
 
 
 def test_no_start_and_uninstall_keep_data() -> None:
-    assert "enable --now" not in dry("--no-start").stdout
+    no_start = dry("--no-start").stdout
+    assert "systemctl enable edge-agent.service" in no_start and "systemctl restart" not in no_start
     r = dry("--uninstall")
     assert r.returncode == 0 and "rm -rf /opt/edge-agent" in r.stdout and "kept /etc/edge-agent" in r.stdout
     assert "userdel" not in r.stdout

@@ -32,6 +32,28 @@ def _cmd_config_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_config_push(args: argparse.Namespace) -> int:
+    from edge_agent.push import PushError, config_from_env, load_settings, load_update_file, push  # noqa: PLC0415
+
+    try:
+        update = load_update_file(args.file)
+        settings = load_settings(config_from_env(args.config), host=args.host, port=args.port, key_file=args.key)
+        outcome = push(
+            settings,
+            update,
+            device=args.device,
+            group=args.group,
+            version=args.version,
+            timeout=args.timeout,
+            expect=args.expect,
+        )
+    except PushError as err:
+        _err(str(err))
+        return err.exit_code
+    print("\n".join(outcome.table()))
+    return outcome.exit_code
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from edge_agent.runtime.backends import select_backend  # noqa: PLC0415
     from edge_agent.runtime.inspection import format_report, inspect_model  # noqa: PLC0415
@@ -126,6 +148,41 @@ def build_parser() -> argparse.ArgumentParser:
     v = cfg_sub.add_parser("validate", help="validate a config file")
     v.add_argument("file")
     v.set_defaults(func=_cmd_config_validate)
+    push = cfg_sub.add_parser(
+        "push",
+        help="sign and publish a config update, wait for the answers, print them",
+        description="Sign a partial config (TOML or JSON) with the fleet's update key, publish it to one device "
+        "or a group, and print each device's answer. Exit 0 all applied, 1 any rejected, 3 no answer "
+        "(or fewer than --expect), 2 nothing sent (bad file, config or key).",
+    )
+    target = push.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device", metavar="ID", help="one device: P/ID/config/set")
+    target.add_argument("--group", metavar="G", help="a group: P/group/G/config/set")
+    push.add_argument(
+        "--version",
+        type=int,
+        metavar="N",
+        help="the update's version (default: the running version from the retained config/state, + 1)",
+    )
+    push.add_argument(
+        "-c",
+        "--config",
+        help="an agent-style config file: its [mqtt] section and remote.hmac_key_file (default $EDGE_AGENT_CONFIG)",
+    )
+    push.add_argument("--key", metavar="FILE", help="the update key file (overrides remote.hmac_key_file)")
+    push.add_argument("--host", help="the broker (overrides mqtt.host)")
+    push.add_argument("--port", type=int, help="the broker's port (overrides mqtt.port)")
+    push.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="how long to wait for the answers (default 30)"
+    )
+    push.add_argument(
+        "--expect",
+        type=int,
+        metavar="N",
+        help="a group: stop once N devices answered (default: the members seen in the retained config/state)",
+    )
+    push.add_argument("file", metavar="FILE", help="the partial config: .toml or .json")
+    push.set_defaults(func=_cmd_config_push)
     return parser
 
 

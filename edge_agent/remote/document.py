@@ -82,9 +82,12 @@ def parse_update(payload: Any, key: bytes) -> UpdateDoc:
         )
     if depth(payload) > MAX_DEPTH:
         raise UpdateRejectedError("document", f"nested more than {MAX_DEPTH} levels deep")
-    extra = sorted(set(payload) - {"version", "config", "sig"})
+    # keys named safely: a hostile key need not be text (nor have one: a huge int)
+    extra = sorted(
+        k if isinstance(k, str) else f"<{type(k).__name__}>" for k in set(payload) - {"version", "config", "sig"}
+    )
     if extra:
-        raise UpdateRejectedError("document", f"unknown field(s): {', '.join(map(str, extra))[:200]}")
+        raise UpdateRejectedError("document", f"unknown field(s): {', '.join(extra)[:200]}")
     for field in ("version", "config", "sig"):
         if field not in payload:
             raise UpdateRejectedError(field, "missing")
@@ -92,7 +95,8 @@ def parse_update(payload: Any, key: bytes) -> UpdateDoc:
     if isinstance(version, bool) or not isinstance(version, int):
         raise UpdateRejectedError("version", f"must be an integer, got {type(version).__name__}")
     if not 1 <= version <= MAX_VERSION:
-        raise UpdateRejectedError("version", f"must be from 1 to {MAX_VERSION}, got {version}")
+        got = str(version) if version.bit_length() <= 64 else f"a number of {version.bit_length()} bits"
+        raise UpdateRejectedError("version", f"must be from 1 to {MAX_VERSION}, got {got}")
     if not isinstance(config, dict):
         raise UpdateRejectedError("config", f"must be an object (a partial config), got {type(config).__name__}")
     if not isinstance(sig, str) or len(sig) != SIG_HEX or any(c not in "0123456789abcdefABCDEF" for c in sig):

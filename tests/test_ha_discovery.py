@@ -8,11 +8,13 @@ Not verified here: a running Home Assistant instance creating the device and its
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +67,24 @@ def stop(agent: AgentProcess) -> None:
     assert agent.wait(20) == 0, agent.output[-3000:]
 
 
-def wait_running(port: int, device: str) -> None:
-    """The agent of this run is up: its own `online`, not the one an earlier run left retained."""
+@contextlib.contextmanager
+def running_agent(cfg: Path, port: int, device: str) -> Iterator[AgentProcess]:
+    """The agent, once up: its own `online` (subscribed before it starts, so not one an earlier
+    run left retained)."""
     c = Collector(port, f"edge/{device}/status")
     try:
-        c.wait_for(lambda m: not m.retain and m.payload.get("state") == "online", WAIT_S, "a fresh online status")
+        with AgentProcess(cfg) as agent:
+            c.wait_for(lambda m: not m.retain and m.payload.get("state") == "online", WAIT_S, "a fresh online status")
+            yield agent
     finally:
         c.close()
+
+
+def wait_until(cond: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def retained_configs(port: int, prefix: str, device: str, *, settle_s: float = 1.0) -> dict[str, Any]:
@@ -224,8 +237,7 @@ def test_discovery_republished_on_reconnect(tmp_path: Path, device: str, bundled
     port = free_port()
     broker = start_mosquitto(port)
     try:
-        with AgentProcess(agent_config(tmp_path, bundled, device, port, enabled=True)) as agent:
-            wait_running(port, device)
+        with running_agent(agent_config(tmp_path, bundled, device, port, enabled=True), port, device) as agent:
             assert len(retained_configs(port, "homeassistant", device)) == 6
             broker.stop()
             broker = start_mosquitto(port)
@@ -243,8 +255,8 @@ def test_discovery_republished_on_reconnect(tmp_path: Path, device: str, bundled
 def test_disabling_discovery_removes_the_entities(
     tmp_path: Path, mosquitto: LocalBroker, device: str, bundled: Path
 ) -> None:
-    with AgentProcess(agent_config(tmp_path, bundled, device, mosquitto.port, enabled=True)) as agent:
-        wait_running(mosquitto.port, device)
+    cfg = agent_config(tmp_path, bundled, device, mosquitto.port, enabled=True)
+    with running_agent(cfg, mosquitto.port, device) as agent:
         stop(agent)
     assert len(retained_configs(mosquitto.port, "homeassistant", device)) == 6
     state_file = tmp_path / "state" / STATE_FILE
@@ -253,13 +265,11 @@ def test_disabling_discovery_removes_the_entities(
     watch = Collector(mosquitto.port, f"homeassistant/+/{node_id(device)}/+/config")
     watch.wait_for(lambda _m: len(watch.snapshot()) >= 6, 5, "the retained configs")
     mark = watch.mark()
-    with AgentProcess(agent_config(tmp_path, bundled, device, mosquitto.port, enabled=False)) as agent:
+    cfg = agent_config(tmp_path, bundled, device, mosquitto.port, enabled=False)
+    with running_agent(cfg, mosquitto.port, device) as agent:
         watch.wait_for(lambda _m: len(watch.snapshot()) - mark >= 6, WAIT_S, "6 removals", start=mark)
-        wait_running(mosquitto.port, device)
-        # forgotten by the loop once the broker acknowledged the removals (stats come every second)
-        c = Collector(mosquitto.port, f"edge/{device}/stats")
-        c.wait_for(lambda _m: not state_file.exists(), WAIT_S, "the state file to go")
-        c.close()
+        # forgotten by the loop once the broker acknowledged the removals
+        wait_until(lambda: not state_file.exists(), "the state file to go")
         stop(agent)
     watch.close()
     removals = watch.snapshot()[mark:]
@@ -271,13 +281,17 @@ def test_disabling_discovery_removes_the_entities(
 
 
 def test_a_new_prefix_clears_the_old_one(tmp_path: Path, mosquitto: LocalBroker, device: str, bundled: Path) -> None:
+    state_file = tmp_path / "state" / STATE_FILE
+
+    def remembered() -> list[str]:
+        return list(json.loads(state_file.read_text())["topics"]) if state_file.exists() else []
+
     for prefix in ("homeassistant", "ha-test"):
-        with AgentProcess(
-            agent_config(tmp_path, bundled, device, mosquitto.port, enabled=True, discovery_prefix=prefix)
-        ) as agent:
-            wait_running(mosquitto.port, device)
+        cfg = agent_config(tmp_path, bundled, device, mosquitto.port, enabled=True, discovery_prefix=prefix)
+        with running_agent(cfg, mosquitto.port, device) as agent:
+            # the old prefix's topics are forgotten once the broker acknowledged their removal
+            wait_until(lambda p=prefix: all(t.startswith(p + "/") for t in remembered()), "the old topics to go")
             stop(agent)
     assert retained_configs(mosquitto.port, "homeassistant", device) == {}
     assert len(retained_configs(mosquitto.port, "ha-test", device)) == 6
-    remembered = json.loads((tmp_path / "state" / STATE_FILE).read_text())["topics"]
-    assert all(t.startswith("ha-test/") for t in remembered) and len(remembered) == 6
+    assert len(remembered()) == 6 and all(t.startswith("ha-test/") for t in remembered())

@@ -355,12 +355,13 @@ class Agent:
                 )
                 self.raise_event("config_rejected", "warning", msg, {"problems": err.problems})
                 return
-            kept = [name for name in ("mqtt", "device") if getattr(new, name) != getattr(self.cfg, name)]
+            restart_only = ("mqtt", "device", "homeassistant", "metrics")
+            kept = [name for name in restart_only if getattr(new, name) != getattr(self.cfg, name)]
             if kept:
                 log.warning(
                     "config reload: [%s] changed; that takes a restart, the running values are kept", ", ".join(kept)
                 )
-                new = new.model_copy(update={"mqtt": self.cfg.mqtt, "device": self.cfg.device})
+                new = new.model_copy(update={name: getattr(self.cfg, name) for name in restart_only})
             pipeline = self.pipeline
             if self.pipeline is not None and any(
                 getattr(new, s) != getattr(self.cfg, s) for s in ("model", "preprocess", "postprocess", "guard")

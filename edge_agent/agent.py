@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -30,6 +30,7 @@ from edge_agent.config import AgentConfig, ModelConfig, load_config
 from edge_agent.errors import ConfigError, ModelError, SourceError, SourceStalledError
 from edge_agent.escalation import Escalation
 from edge_agent.events import Event, EventMerger, Severity
+from edge_agent.ha_discovery import Discovery
 from edge_agent.mqtt.link import MqttLink, Outage
 from edge_agent.mqtt.outbox import Outbox
 from edge_agent.mqtt.sender import OutboxSender
@@ -48,6 +49,9 @@ from edge_agent.sources import SourceProblem, open_source
 from edge_agent.sources.base import Frame
 from edge_agent.sources.capture import NOTHING, CaptureThread, Nothing
 from edge_agent.stats import Stats
+
+if TYPE_CHECKING:
+    from edge_agent.metrics import MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +156,10 @@ class Agent:
         # connection errors the link recovered from: handed over by paho's thread, raised by the loop
         self._outages: queue.SimpleQueue[Outage] = queue.SimpleQueue()
         self.link.on_connected.append(self._on_link_connected)
+        # Home Assistant discovery: published (or cleared) on every connect, from paho's thread
+        self.ha = Discovery(cfg.homeassistant, self.topics, state, version=__version__, publish=self.link.publish)
+        self.link.on_connected.append(self.ha.on_connected)
+        self.metrics: MetricsEndpoint | None = None
         self.sender = OutboxSender(self.outbox, self.link)
         self.notifier = Notifier()
         self._selftest_ok = False
@@ -384,12 +392,13 @@ class Agent:
                 )
                 self.raise_event("config_rejected", "warning", msg, {"problems": err.problems})
                 return
-            kept = [name for name in ("mqtt", "device") if getattr(new, name) != getattr(self.cfg, name)]
+            restart_only = ("mqtt", "device", "homeassistant", "metrics")
+            kept = [name for name in restart_only if getattr(new, name) != getattr(self.cfg, name)]
             if kept:
                 log.warning(
                     "config reload: [%s] changed; that takes a restart, the running values are kept", ", ".join(kept)
                 )
-                new = new.model_copy(update={"mqtt": self.cfg.mqtt, "device": self.cfg.device})
+                new = new.model_copy(update={name: getattr(self.cfg, name) for name in restart_only})
             file_cfg = new
             if self.remote.applied.overlay:  # the applied remote update stays on top of the new file
                 try:
@@ -456,6 +465,7 @@ class Agent:
             log.error("%s", err)
             self.interpreter_name = "unavailable"
         self._subscribe()
+        self._start_metrics()
         self.link.start()
         self.link.wait_connected(5.0)
         remove_partial_downloads(self.remote.model_dir)
@@ -468,6 +478,31 @@ class Agent:
             self._shutdown()
         return self.exit_code
 
+    def _start_metrics(self) -> None:
+        """The optional /metrics endpoint; a failure is reported and the agent goes on without it."""
+        m = self.cfg.metrics
+        if not m.enabled:
+            return
+        detail = {"bind": m.bind, "port": m.port}
+        try:
+            from edge_agent.metrics import MetricsEndpoint  # noqa: PLC0415 - the optional `metrics` extra
+        except ImportError:
+            self.raise_event(
+                "metrics_error",
+                "error",
+                "metrics.enabled = true needs prometheus-client (pip install 'edge-agent[metrics]'): going on without /metrics",
+                detail,
+            )
+            return
+        endpoint = MetricsEndpoint(m, device=self.cfg.device.id, version=__version__)
+        try:
+            endpoint.start()
+        except OSError as err:
+            self.raise_event("metrics_error", "error", f"{err}: going on without /metrics", detail)
+            return
+        self.metrics = endpoint
+        log.info("serving /metrics on %s:%d", *(endpoint.address or (m.bind, m.port)))
+
     def _step(self) -> None:
         now = time.monotonic()
         if self._reload_requested:
@@ -477,6 +512,7 @@ class Agent:
         if self.pipeline is None:
             self._try_load_model(now)
         self.sender.pump()
+        self.ha.poll()
         if self._overflowed and self.link.connected:
             self._report_overflow()
         self._watchdog(now)
@@ -711,6 +747,7 @@ class Agent:
                 previous_cfg,
                 previous_overlay,
             )
+        self._publish_config_state()  # before the answer: whoever reads the state after it sees the new version
         self.link.publish(
             self.topics.config_result, {"version": prepared.version, "applied": True, "errors": []}, qos=1
         )
@@ -1156,6 +1193,8 @@ class Agent:
         }
         snap = self.stats.snapshot(state=self.state, broker_connected=self.link.connected, outbox=outbox)
         self.link.publish(self.topics.stats, snap, qos=0, retain=True)
+        if self.metrics is not None:
+            self.metrics.update(snap)
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
@@ -1177,4 +1216,6 @@ class Agent:
         self.outbox.close()
         self._set_pipeline(None)
         self.link.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("stopped")

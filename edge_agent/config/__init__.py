@@ -17,6 +17,8 @@ from pydantic import Field, ValidationError
 from edge_agent.config._base import Section
 from edge_agent.config.device import DeviceConfig
 from edge_agent.config.guard import GuardConfig
+from edge_agent.config.homeassistant import HomeAssistantConfig
+from edge_agent.config.metrics import MetricsConfig
 from edge_agent.config.model import ModelConfig
 from edge_agent.config.mqtt import MqttConfig, TlsConfig
 from edge_agent.config.postprocess import PostprocessConfig
@@ -34,6 +36,8 @@ __all__ = [
     "DeviceConfig",
     "FeatureConfig",
     "GuardConfig",
+    "HomeAssistantConfig",
+    "MetricsConfig",
     "ModelConfig",
     "MqttConfig",
     "PostprocessConfig",
@@ -60,6 +64,8 @@ class AgentConfig(Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     remote: RemoteConfig = Field(default_factory=RemoteConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
 
 # Keys holding file paths, resolved against the config file's folder so that a config and

@@ -293,7 +293,8 @@ def labels_from_metadata(info: TfliteModelInfo) -> list[str] | None:
             content = info.associated_files.get(f.name)
             if content is None:
                 return None
-            lines = content.decode("utf-8", errors="replace").splitlines()
+            # a byte order mark (a file saved on Windows) is not part of the first label
+            lines = content.decode("utf-8", errors="replace").removeprefix("\ufeff").splitlines()
             while lines and not lines[-1].strip():
                 lines.pop()
             return lines

@@ -45,6 +45,7 @@ from edge_agent.remote.updater import AlreadyApplied, Prepared, RemoteUpdates
 from edge_agent.runtime.backends import select_backend
 from edge_agent.runtime.worker import BackendFactory
 from edge_agent.service import Notifier
+from edge_agent.snapshot import encode_within
 from edge_agent.sources import SourceProblem, open_source
 from edge_agent.sources.base import Frame
 from edge_agent.sources.capture import NOTHING, CaptureThread, Nothing
@@ -847,12 +848,22 @@ class Agent:
             self._answer_cmd("snapshot", False, "the source delivers sensor rows, not images")
             return
         pixels = frame.pixels if frame.order != "rgb" else cv2.cvtColor(frame.pixels, cv2.COLOR_RGB2BGR)
-        ok_enc, jpeg = cv2.imencode(".jpg", pixels)
-        if not ok_enc:
-            self._answer_cmd("snapshot", False, "the frame could not be encoded")
+        limit = self.cfg.service.snapshot_max_kb * 1024
+        shot = encode_within(pixels, limit)
+        if shot is None:
+            self._answer_cmd("snapshot", False, f"the frame does not fit service.snapshot_max_kb ({limit} bytes)")
             return
-        self.link.publish(f"{self.topics.prefix}/{self.topics.device}/snapshot", jpeg.tobytes(), qos=0)
-        self._answer_cmd("snapshot", True, "snapshot published", bytes=int(jpeg.size), frame_seq=frame.seq)
+        self.link.publish(f"{self.topics.prefix}/{self.topics.device}/snapshot", shot.jpeg, qos=0)
+        self._answer_cmd(
+            "snapshot",
+            True,
+            "snapshot published",
+            bytes=len(shot.jpeg),
+            width=shot.width,
+            height=shot.height,
+            quality=shot.quality,
+            frame_seq=frame.seq,
+        )
 
     def _publish_mask(self, frame: Frame) -> None:
         """The mask of the result just published, as PNG on P/D/mask (see postprocess/segmentation.py)."""

@@ -29,6 +29,7 @@ from edge_agent.preprocess import (
     ImagePlan,
     ImageTransform,
     InputLayout,
+    Prepared,
     Preprocessor,
     VectorPlan,
     compare_transforms,
@@ -67,6 +68,20 @@ class Skipped:
 
 Outcome = Inference | Fault | Skipped
 
+
+@dataclass(frozen=True)
+class Staged:
+    """A frame preprocessed into `target` and checked, waiting for its invoke."""
+
+    frame: Frame
+    prepared: Prepared
+    warnings: list[GuardFault]
+    checked: bool
+    target: Callable[[], npt.NDArray[Any]]
+    t0: float
+    geometry: tuple[Geometry, tuple[int, int]] | None = None
+
+
 SUPPORTED_TASKS = ("classification", "regression", "raw", "pose", "segmentation")
 IMAGE_SOURCES = ("images", "opencv", "picamera2", "synthetic")
 
@@ -104,6 +119,8 @@ class Pipeline:
                 reason="inputs",
             )
         self._tensor_fn = model.input_view(0)
+        self._diagnosed_input: Callable[[], npt.NDArray[Any]] = self._tensor_fn
+        self._staged_geometry: tuple[Geometry, tuple[int, int]] | None = None
         self.decoder: Callable[[list[npt.NDArray[np.float32]]], dict[str, Any]]
         self.classifier: Classifier | None = None
         self._cpu_model: LoadedModel | None = None
@@ -141,9 +158,14 @@ class Pipeline:
         shape, hw = tuple(model.outputs[0].shape), (lay.height, lay.width)
         if self.task == "pose":
             pose = PoseDecoder(cfg.postprocess, shape, hw)
-            return lambda outs: pose.decode(outs[0], *self._geometry())
+            return lambda outs: pose.decode(outs[0], *self._decode_geometry())
         seg = self.segmenter = Segmenter(cfg.postprocess, self._labels(), shape, hw)
-        return lambda outs: seg.decode(outs[0], *self._geometry())
+        return lambda outs: seg.decode(outs[0], *self._decode_geometry())
+
+    def _decode_geometry(self) -> tuple[Geometry, tuple[int, int]]:
+        """The geometry of the frame whose outputs are decoded (staged with it: with overlap, the
+        plan may already hold the next frame's)."""
+        return self._staged_geometry if self._staged_geometry is not None else self._geometry()
 
     def _geometry(self) -> tuple[Geometry, tuple[int, int]]:
         """The last frame's geometry and size (width, height)."""
@@ -211,7 +233,8 @@ class Pipeline:
         return plan.describe() if plan is not None else ["image plan: compiled for the first frame's size"]
 
     def _prepared_input(self) -> npt.NDArray[Any]:
-        raw = self.model.interpreter.get_tensor(self.model.inputs[0].index)
+        # the input of the frame being diagnosed: its staging buffer (the tensor may hold the next one)
+        raw = np.array(self._diagnosed_input())
         info = self.model.inputs[0]
         if info.is_integer and info.quantized:
             return (raw.astype(np.float64) - info.zero_point) * info.scale
@@ -278,11 +301,20 @@ class Pipeline:
 
         `stateful=False` (the self-test) leaves the frozen/stuck/sampling state untouched."""
         try:
-            return self._process(frame, stateful=stateful)
+            staged = self.stage(frame, self._tensor_fn, stateful=stateful)
+            if not isinstance(staged, Staged):
+                return staged
+            t1 = time.monotonic()
+            self.model.invoke()  # ModelError propagates: the agent decides what a failing model means
+            t2 = time.monotonic()
+            raws, outs = self.model.fetch_outputs()
+            return self.finish(staged, t1, t2, raws, outs)
         finally:
             self.pre.forget_frame()  # the frame's buffer goes back to its source after this
 
-    def _process(self, frame: Frame, *, stateful: bool) -> Outcome:
+    def stage(self, frame: Frame, target: Callable[[], npt.NDArray[Any]], *, stateful: bool = True) -> Staged | Outcome:
+        """Preprocess into `target` (the input tensor, or a staging buffer copied into it later)
+        and check the input. An Outcome when the frame goes no further (skipped, input fault)."""
         guard, ig = self.cfg.guard, self.input_guard
         warnings: list[GuardFault] = []
         t0 = time.monotonic()
@@ -296,7 +328,7 @@ class Pipeline:
             if frozen is not None:
                 warnings.append(frozen)
         try:
-            prepared = self.pre.run(frame, self._tensor_fn)
+            prepared = self.pre.run(frame, target)
         except PreprocessError as err:
             return Skipped("source_error", f"{frame.source}: {err}", {"source": frame.source})
         if prepared is None:
@@ -310,13 +342,24 @@ class Pipeline:
                 if fault.blocking:
                     return Fault(fault, self._latency([t0, time.monotonic()]))
                 warnings.append(fault)
-        t1 = time.monotonic()
-        self.model.invoke()  # ModelError propagates: the agent decides what a failing model means
-        t2 = time.monotonic()
+        geometry = self._geometry() if isinstance(plan, ImagePlan) else None
+        return Staged(frame, prepared, warnings, checked, target, t0, geometry)
+
+    def finish(
+        self,
+        staged: Staged,
+        t1: float,
+        t2: float,
+        raws: list[npt.NDArray[Any]],
+        outs: list[npt.NDArray[np.float32]],
+    ) -> Outcome:
+        """The outputs of the invoke (t1 → t2) that `staged` fed: checked, then decoded."""
+        guard, ig = self.cfg.guard, self.input_guard
+        warnings, t0 = list(staged.warnings), staged.t0
         ig.note_invoke((t2 - t1) * 1000.0)
-        raws, outs = self.model.fetch_outputs()
+        self._diagnosed_input = staged.target
         if guard.check_outputs:
-            fault = self._check_outputs(raws, outs, checked=checked, input_changed=ig.input_changed)
+            fault = self._check_outputs(raws, outs, checked=staged.checked, input_changed=ig.input_changed)
             if fault is not None:
                 if fault.blocking:
                     return Fault(fault, self._latency([t0, t1, t2, time.monotonic()]))
@@ -329,10 +372,15 @@ class Pipeline:
                 return Fault(self._scores_fault(lo, hi), self._latency([t0, t1, t2, t3, time.monotonic()]))
             fields = self.classifier.decode_probs(probs)
         else:
+            self._staged_geometry = staged.geometry
             fields = self.decoder(outs)
         t4 = time.monotonic()
         return Inference(
-            fields, self._latency([t0, t1, t2, t3, t4]), prepared.imputed, prepared.clipped, tuple(warnings)
+            fields,
+            self._latency([t0, t1, t2, t3, t4]),
+            staged.prepared.imputed,
+            staged.prepared.clipped,
+            tuple(warnings),
         )
 
     def _check_outputs(

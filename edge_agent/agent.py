@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 
 from edge_agent import __version__
 from edge_agent.accelerator import AcceleratorWatch
@@ -35,7 +36,8 @@ from edge_agent.mqtt.link import MqttLink, Outage
 from edge_agent.mqtt.outbox import Outbox
 from edge_agent.mqtt.sender import OutboxSender
 from edge_agent.mqtt.topics import Topics
-from edge_agent.pipeline import Fault, Inference, Pipeline, Skipped
+from edge_agent.overlap import Inflight, Invoked, InvokeThread
+from edge_agent.pipeline import Fault, Inference, Outcome, Pipeline, Skipped, Staged
 from edge_agent.remote.document import UpdateRejectedError
 from edge_agent.remote.fetch import download, remove_partial_downloads
 from edge_agent.remote.overlay import build_config
@@ -168,6 +170,11 @@ class Agent:
         self._next_ping = 0.0
         self._watchdog_off = False
         self._stall_after_s: float | None = None
+        # overlap: the frame in invoke() (its result concluded when the next frame is staged)
+        self._inflight: Inflight | None = None
+        self._invoker: InvokeThread | None = None
+        self._staging: list[npt.NDArray[Any]] = []
+        self._staging_next = 0
         self.accel = AcceleratorWatch(lose_after=cfg.model.delegate_lost_after, retry_s=cfg.model.edgetpu_retry_s)
         self._tpu_wanted = False  # on the CPU because the Edge TPU failed or was missing: retry it
         self._tpu_probe: BackgroundBuild[Pipeline] | None = None
@@ -380,6 +387,7 @@ class Agent:
         """SIGHUP: re-read the config file. An invalid file is logged and the running config kept;
         parts that cannot change without a restart (the broker link, the device id) are named."""
         self._reload_requested = False
+        self._complete_inflight()
         if self.config_path is None:
             log.warning("SIGHUP: no config file to re-read")
             return
@@ -531,18 +539,23 @@ class Agent:
         for ev in self.events.due():
             self._publish_event(ev)
         for req in self.inbox.drain():
+            self._complete_inflight()  # commands and updates act between two frames, none in flight
             self._serve(req)
         if self.paused:
+            self._complete_inflight()
             self._idle(IDLE_SLEEP_S)
             return
         if self.pipeline is None or self.source is None or self._source_done:
+            self._complete_inflight()
             self._idle(IDLE_SLEEP_S)
             return
         paced_from = self._last_frame_at
         self._pace()
         limit = self.cfg.source.max_frames
         try:
-            item = None if limit is not None and self._frames_read >= limit else self.source.take(TAKE_WAIT_S)
+            # with a frame in flight, only a frame ready now is prepared alongside; else its result goes out first
+            wait = 0.0 if self._inflight is not None else TAKE_WAIT_S
+            item = None if limit is not None and self._frames_read >= limit else self.source.take(wait)
         except SourceError as err:
             # e.g. a looping CSV whose file vanished, a frozen camera: report, drop the source, reopen later
             self._drop_source("source_stalled" if isinstance(err, SourceStalledError) else "source_error", str(err))
@@ -550,9 +563,13 @@ class Agent:
         if item is NOTHING:
             # no frame was taken: the next one is not held back by the frame pacing
             self._last_frame_at = paced_from
+            if self._inflight is not None:
+                self._complete_inflight()
+                return
             self._check_stall()
             return
         if item is None:
+            self._complete_inflight()
             self._source_done = True
             log.info("source %s exhausted", self.source.name)
             if self.cfg.source.exit_when_done:
@@ -565,11 +582,7 @@ class Agent:
             return
         # frames flow again: the next failure is retried quickly
         self._source_retry_s = SOURCE_RETRY_MIN_S
-        try:
-            self._handle(item)
-        finally:
-            if self.source is not None:
-                self.source.release(item)
+        self._handle(item)  # which gives the frame back to the source once done with it
 
     def _drop_source(self, kind: str, message: str) -> None:
         assert self.source is not None
@@ -721,6 +734,7 @@ class Agent:
         if build is None or not build.done():
             return
         self._update_build = None
+        self._complete_inflight()
         prepared = build.tag
         assert isinstance(prepared, Prepared)
         try:
@@ -932,30 +946,120 @@ class Agent:
         self._last_frame_at = time.monotonic()
 
     def _handle(self, frame: Frame) -> None:
-        assert self.pipeline is not None
+        assert self.pipeline is not None and self.source is not None
         self.stats.frames += 1
         if self._snapshot_wanted:
             self._take_snapshot(frame)
-        try:
-            outcome = self.pipeline.process(frame)
-        except ModelError as err:
-            if err.reason == "inference_restarting":
-                self.stats.dropped += 1  # the crash was reported; frames are dropped until the worker is back
-                return
-            # an isolated worker that crashed or hung has its own event kinds (it is restarted on the next frame)
-            kind = "inference_crash" if err.reason == "inference_crash_loop" else err.reason
-            self.raise_event(
-                kind if kind in ("inference_crash", "inference_hang") else "model_error",
-                "error",
-                str(err),
-                {"source": frame.source, "reason": err.reason, **self._model_detail()},
-            )
-            if self.pipeline.model.delegate == "edgetpu" and self.accel.failure():
-                self._lose_edgetpu(err)
-                return
-            self._watch_probation(faulty=True)
-            self._escalate(self.escalation.fault())
+        if not self.cfg.model.overlap:
+            source = self.source
+            try:
+                try:
+                    outcome = self.pipeline.process(frame)
+                except ModelError as err:
+                    self._model_failed(frame, err)
+                    return
+                self._conclude(frame, outcome)
+            finally:
+                source.release(frame)
             return
+        self._overlapped(frame)
+
+    # ---- overlap: frame N+1 prepared, and N's result published, while N+1... N is inferred ----
+    def _overlapped(self, frame: Frame) -> None:
+        """Stage frame N+1 while N is in invoke(); then start N+1 and conclude N meanwhile."""
+        p, source = self.pipeline, self.source
+        assert p is not None and source is not None
+        invoker = self._invoker_for(p)
+        buf = self._staging[self._staging_next]
+        self._staging_next ^= 1
+        try:
+            staged = p.stage(frame, lambda: buf)
+        finally:
+            p.pre.forget_frame()  # the plan keeps no view of a lent buffer
+        done = self._collect_inflight()
+        if isinstance(staged, Staged):
+            view = p.model.input_view(0)()
+            np.copyto(view, buf)
+            del view  # the interpreter refuses to invoke while a view of its memory is alive
+            invoker.submit()
+            self._inflight = Inflight(staged, p, invoker, source)
+        if done is not None:
+            self._conclude_inflight(*done)
+        if not isinstance(staged, Staged):
+            try:
+                self._conclude(frame, staged)
+            finally:
+                source.release(frame)
+
+    def _invoker_for(self, p: Pipeline) -> InvokeThread:
+        if self._invoker is None or self._invoker.model is not p.model:
+            self._discard_inflight()
+            if self._invoker is not None:
+                self._invoker.close()
+            self._invoker = InvokeThread(p.model)
+            info = p.model.inputs[0]
+            self._staging = [np.zeros(info.shape, dtype=info.dtype) for _ in range(2)]
+        return self._invoker
+
+    def _collect_inflight(self) -> tuple[Inflight, Invoked] | None:
+        inf = self._inflight
+        if inf is None:
+            return None
+        self._inflight = None
+        result = inf.invoker.collect()
+        assert result is not None
+        return inf, result
+
+    def _conclude_inflight(self, inf: Inflight, res: Invoked) -> None:
+        frame = inf.staged.frame
+        try:
+            if res.error is not None:
+                self._model_failed(frame, res.error)
+                return
+            outcome = inf.pipeline.finish(inf.staged, res.t1, res.t2, res.raws, res.outs)
+            inf.invoker.release_outputs()
+            self._conclude(frame, outcome)
+        finally:
+            inf.invoker.release_outputs()
+            inf.source.release(frame)
+
+    def _complete_inflight(self) -> None:
+        """Finish the frame in flight now (its result published): before anything that changes
+        the pipeline, serves a command, pauses or stops."""
+        done = self._collect_inflight()
+        if done is not None:
+            self._conclude_inflight(*done)
+
+    def _discard_inflight(self) -> None:
+        """The pipeline it ran on is being replaced: its frame is dropped (counted), not concluded."""
+        done = self._collect_inflight()
+        if done is not None:
+            inf, _ = done
+            inf.invoker.release_outputs()
+            inf.source.release(inf.staged.frame)
+            self.stats.dropped += 1
+
+    def _model_failed(self, frame: Frame, err: ModelError) -> None:
+        assert self.pipeline is not None
+        if err.reason == "inference_restarting":
+            self.stats.dropped += 1  # the crash was reported; frames are dropped until the worker is back
+            return
+        # an isolated worker that crashed or hung has its own event kinds (it is restarted on the next frame)
+        kind = "inference_crash" if err.reason == "inference_crash_loop" else err.reason
+        self.raise_event(
+            kind if kind in ("inference_crash", "inference_hang") else "model_error",
+            "error",
+            str(err),
+            {"source": frame.source, "reason": err.reason, **self._model_detail()},
+        )
+        if self.pipeline.model.delegate == "edgetpu" and self.accel.failure():
+            self._lose_edgetpu(err)
+            return
+        self._watch_probation(faulty=True)
+        self._escalate(self.escalation.fault())
+
+    def _conclude(self, frame: Frame, outcome: Outcome) -> None:
+        """What a frame's outcome leads to: a result, an event, the escalation, the watchdog."""
         self.accel.success()
         self._last_inference_at = time.monotonic()
         # a real frame that passes the guard proves as much as the self-test did
@@ -1053,6 +1157,7 @@ class Agent:
             if probe.tag is not self.cfg or not self._tpu_wanted or self.pipeline is None:
                 pipeline.close()  # the config changed meanwhile, or the model is gone: not wanted any more
                 return
+            self._complete_inflight()
             old = self.pipeline.model.name
             self._set_pipeline(pipeline)
             self._tpu_wanted = False
@@ -1071,6 +1176,10 @@ class Agent:
 
     def _set_pipeline(self, pipeline: Pipeline | None) -> None:
         """Replace the running pipeline, stopping the old one's inference worker if it has one."""
+        if self._invoker is not None and (pipeline is None or self._invoker.model is not pipeline.model):
+            self._discard_inflight()
+            self._invoker.close()
+            self._invoker = None
         if self.pipeline is not None and self.pipeline is not pipeline:
             self.pipeline.close()
         self.pipeline = pipeline
@@ -1209,6 +1318,7 @@ class Agent:
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        self._complete_inflight()  # the frame in flight is finished and its result published
         if self._probation is not None:  # the new model stays (it is stored): the kept one goes
             self._probation.old_pipeline.close()
             self._probation = None

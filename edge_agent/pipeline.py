@@ -79,6 +79,7 @@ class Staged:
     checked: bool
     target: Callable[[], npt.NDArray[Any]]
     t0: float
+    t_staged: float
     geometry: tuple[Geometry, tuple[int, int]] | None = None
 
 
@@ -343,7 +344,7 @@ class Pipeline:
                     return Fault(fault, self._latency([t0, time.monotonic()]))
                 warnings.append(fault)
         geometry = self._geometry() if isinstance(plan, ImagePlan) else None
-        return Staged(frame, prepared, warnings, checked, target, t0, geometry)
+        return Staged(frame, prepared, warnings, checked, target, t0, time.monotonic(), geometry)
 
     def finish(
         self,
@@ -355,21 +356,23 @@ class Pipeline:
     ) -> Outcome:
         """The outputs of the invoke (t1 → t2) that `staged` fed: checked, then decoded."""
         guard, ig = self.cfg.guard, self.input_guard
-        warnings, t0 = list(staged.warnings), staged.t0
+        warnings = list(staged.warnings)
         ig.note_invoke((t2 - t1) * 1000.0)
         self._diagnosed_input = staged.target
+        tf = time.monotonic()  # with overlap, later than t2: the loop took the outputs when it could
         if guard.check_outputs:
             fault = self._check_outputs(raws, outs, checked=staged.checked, input_changed=ig.input_changed)
             if fault is not None:
                 if fault.blocking:
-                    return Fault(fault, self._latency([t0, t1, t2, time.monotonic()]))
+                    return Fault(fault, self._stage_latency(staged, t1, t2, tf, time.monotonic()))
                 warnings.append(fault)
         t3 = time.monotonic()
         if self.classifier is not None:
             probs = self.classifier.activate(outs[0])
             lo, hi = float(probs.min()), float(probs.max())
             if guard.check_outputs and (lo < -1e-6 or hi > 1.0 + 1e-6):
-                return Fault(self._scores_fault(lo, hi), self._latency([t0, t1, t2, t3, time.monotonic()]))
+                lat = self._stage_latency(staged, t1, t2, tf, t3, time.monotonic())
+                return Fault(self._scores_fault(lo, hi), lat)
             fields = self.classifier.decode_probs(probs)
         else:
             self._staged_geometry = staged.geometry
@@ -377,11 +380,21 @@ class Pipeline:
         t4 = time.monotonic()
         return Inference(
             fields,
-            self._latency([t0, t1, t2, t3, t4]),
+            self._stage_latency(staged, t1, t2, tf, t3, t4),
             staged.prepared.imputed,
             staged.prepared.clipped,
             tuple(warnings),
         )
+
+    @staticmethod
+    def _stage_latency(staged: Staged, t1: float, t2: float, tf: float, *ends: float) -> dict[str, float]:
+        """Each stage's own duration (a wait for the invoke before, or for the loop after, is
+        not counted in a stage); `total` is from the start of preprocessing to the end."""
+        lat = {"preprocess": _ms(staged.t0, staged.t_staged), "invoke": _ms(t1, t2)}
+        for name, a, b in zip(("guard", "postprocess"), (tf, *ends), ends, strict=False):
+            lat[name] = _ms(a, b)
+        lat["total"] = _ms(staged.t0, ends[-1] if ends else t2)
+        return lat
 
     def _check_outputs(
         self, raws: list[npt.NDArray[Any]], outs: list[npt.NDArray[np.float32]], *, checked: bool, input_changed: bool

@@ -33,6 +33,9 @@ class ModelConfig(Section):
     invoke_timeout_s: float = Field(
         default=5.0, gt=0, le=600, description='with isolation = "process": a longer invoke() is a hang'
     )
+    overlap: bool = Field(
+        default=True, description="prepare the next frame and publish the last result while invoke() runs"
+    )
     delegate_lost_after: int = Field(
         default=3, ge=1, le=1000, description="consecutive Edge TPU failures before switching to the CPU model"
     )

@@ -1064,8 +1064,8 @@ class Agent:
         self._last_inference_at = time.monotonic()
         # a real frame that passes the guard proves as much as the self-test did
         self._selftest_ok = self._selftest_ok or isinstance(outcome, Inference)
-        if self._selftest_ok and not self.notifier.ready_sent:
-            self.notifier.ready(self._status_text())
+        if self._selftest_ok and self.notifier.enabled and not self.notifier.ready_sent:
+            self.notifier.ready(self._status_text())  # (outside systemd: never, not built per frame)
         if isinstance(outcome, Skipped):
             # a skipped frame carries the same evidence as a fault: the frame as received, the model
             self.raise_event(outcome.kind, "warning", outcome.message, self._evidence(frame, outcome.detail))

@@ -112,6 +112,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return run_check(cfg, args.sample or [], print)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edge_agent.bench import format_report, run_bench, to_json  # noqa: PLC0415
+    from edge_agent.config import AgentConfig  # noqa: PLC0415
+
+    cfg, rc = _load_or_exit(args.config)
+    if not isinstance(cfg, AgentConfig):
+        return rc
+    try:
+        report = run_bench(cfg, frames=args.frames, warmup=args.warmup, timeout_s=args.timeout)
+    except (ModelError, RuntimeError) as err:
+        _err(str(err))
+        return EXIT_FAULT
+    print(to_json(report) if args.json else "\n".join(format_report(report)))
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from edge_agent.demo import run_demo  # noqa: PLC0415
 
@@ -136,6 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-c", "--config")
     c.add_argument("--sample", action="append", metavar="PATH", help="an image or a CSV of rows (repeatable)")
     c.set_defaults(func=_cmd_check)
+
+    b = sub.add_parser(
+        "bench",
+        help="the configured pipeline for N frames against a bare invoke() loop: per-stage p50/p99, fps, CPU, memory",
+    )
+    b.add_argument("-c", "--config")
+    b.add_argument("--frames", type=int, default=500, metavar="N", help="timed results (default 500)")
+    b.add_argument("--warmup", type=int, default=20, metavar="N", help="results before the timing starts (default 20)")
+    b.add_argument("--timeout", type=float, default=600.0, metavar="S", help="give up after this long (default 600)")
+    b.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    b.set_defaults(func=_cmd_bench)
 
     d = sub.add_parser("demo", help="the bundled digits model on bundled frames, results live over MQTT")
     d.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")

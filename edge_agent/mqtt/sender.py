@@ -61,8 +61,8 @@ class OutboxSender:
         for mid in stale:
             self.outbox.in_flight.pop(self._inflight.pop(mid).row.id, None)
         room = self.window - len(self._inflight)
-        if room <= 0:
-            return 0
+        if room <= 0 or not self.outbox.has_waiting():
+            return 0  # (has_waiting: no query per frame when everything was handed over already)
         busy = {f.row.id for f in self._inflight.values()}
         handed = 0
         for row in self.outbox.pending(exclude=busy, limit=room):

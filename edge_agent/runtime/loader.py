@@ -8,6 +8,7 @@ Edge TPU model without a Coral, custom op the runtime lacks, failure inside invo
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import logging
@@ -42,8 +43,8 @@ class ModelFile:
     sha256: str
     info: TfliteModelInfo
 
-    @property
-    def name(self) -> str:
+    @functools.cached_property
+    def name(self) -> str:  # asked for every result: computed once
         return Path(self.path).name
 
 

@@ -1312,9 +1312,9 @@ class Agent:
             "in_flight": self.sender.in_flight,
         }
         snap = self.stats.snapshot(state=self.state, broker_connected=self.link.connected, outbox=outbox)
-        self.link.publish(self.topics.stats, snap, qos=0, retain=True)
-        if self.metrics is not None:
+        if self.metrics is not None:  # first: a scrape after the stats message never gets an older one
             self.metrics.update(snap)
+        self.link.publish(self.topics.stats, snap, qos=0, retain=True)
 
     def _shutdown(self) -> None:
         self.notifier.stopping()

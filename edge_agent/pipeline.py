@@ -20,11 +20,13 @@ from edge_agent.errors import ModelError, PreprocessError
 from edge_agent.guard import Context, GuardFault, OutputFault, OutputGuard, all_finite, check_outputs
 from edge_agent.input_guard import InputGuard
 from edge_agent.postprocess.classification import Classifier
+from edge_agent.postprocess.detection import DetectionDecoder, FrameGeometry
 from edge_agent.postprocess.labels import load_labels
 from edge_agent.postprocess.regression import Regressor
 from edge_agent.preprocess import (
     ImagePlan,
     ImageTransform,
+    InputLayout,
     Preprocessor,
     VectorPlan,
     compare_transforms,
@@ -63,7 +65,7 @@ class Skipped:
 
 Outcome = Inference | Fault | Skipped
 
-SUPPORTED_TASKS = ("classification", "regression", "raw")
+SUPPORTED_TASKS = ("classification", "regression", "raw", "detection")
 
 
 def _ms(a: float, b: float) -> float:
@@ -101,6 +103,9 @@ class Pipeline:
         if self.task == "classification":
             self.classifier = Classifier(cfg.postprocess, self._labels())
             self.decoder = lambda outs: self.classifier.decode(outs[0]) if self.classifier else {}
+        elif self.task == "detection":
+            self.detector = self._detector()
+            self.decoder = self._detect
         else:
             reg = Regressor(cfg.postprocess, tuple(o.name for o in model.outputs))
             total = sum(int(np.prod(o.shape)) for o in model.outputs)
@@ -144,6 +149,30 @@ class Pipeline:
             if warning:
                 self.warnings.append(warning)
         return mine
+
+    def _detector(self) -> DetectionDecoder:
+        if self.pre.vector:
+            raise ModelError(f'{self.model.name}: model.task = "detection" needs an image input', reason="inputs")
+        lay = InputLayout.of(self.model.inputs[0])
+        det = DetectionDecoder(
+            self.cfg.postprocess,
+            self._labels(),
+            self.model.outputs,
+            (lay.width, lay.height),
+            self.model.file.info.custom_op_outputs,
+        )
+        log.info("%s: %s", self.model.name, det.describe())
+        self._det_frame: tuple[ImagePlan | None, FrameGeometry | None] = (None, None)
+        return det
+
+    def _detect(self, outs: list[npt.NDArray[np.float32]]) -> dict[str, Any]:
+        plan = self.pre.plan
+        assert isinstance(plan, ImagePlan)
+        cached, where = self._det_frame
+        if cached is not plan or where is None:  # once per plan (frame size), not per frame
+            where = FrameGeometry(plan.geometry, plan.frame_shape[1], plan.frame_shape[0])
+            self._det_frame = (plan, where)
+        return self.detector.decode(outs, where)
 
     def _labels(self) -> dict[int, str]:
         if self.cfg.model.labels:

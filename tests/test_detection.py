@@ -28,6 +28,7 @@ from edge_agent.postprocess.detection import DetectionDecoder, FrameGeometry, nm
 from edge_agent.preprocess import ImagePlan, ImageTransform
 from edge_agent.runtime.tensors import TensorInfo, dequantize
 from edge_agent.sources.base import Frame
+from schemas import validate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import detection_models
@@ -169,6 +170,10 @@ def test_count_below_n_ignores_the_rest_and_a_wild_count_is_clamped() -> None:
     assert len(run_ssd(decoder({"max_objects": 50}), t)) == N
     t["n"][0] = -3
     assert run_ssd(decoder(), t) == []
+    t["n"][0], t["c"][0, 0] = 1, 3e9  # a wild class id is no class
+    assert run_ssd(decoder(), t) == []
+    t["c"][0, 0] = 90  # beyond the labels: named by its index
+    assert run_ssd(decoder(), t)[0]["label"] == "90"
 
 
 def test_per_label_thresholds_filters_and_max_objects() -> None:
@@ -488,6 +493,7 @@ def test_heldout_canvases_map50_through_the_agent(
     assert {r["frame"]["source"] for r in results} == set(gt), "a canvas without a result"
     predicted = {}
     for r in results:
+        validate("result", r)
         assert r["task"] == "detection" and isinstance(r["objects"], list)
         predicted[r["frame"]["source"]] = [(o["index"], o["score"], o["box"]) for o in r["objects"]]
     m, per_class = detection_models.mean_average_precision(gt, predicted)

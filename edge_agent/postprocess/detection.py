@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 POSTPROCESS_OP = "TFLite_Detection_PostProcess"
 SSD_ROLES = ("boxes", "classes", "scores", "count")  # the op's own output order (= TF1's)
+MAX_CLASS_ID = 65536  # larger SSD class ids are garbage, not classes
 MAX_CANDIDATES = 512  # YOLO boxes entering NMS, best first (bounds the IoU matrix)
 
 F32 = npt.NDArray[np.float32]
@@ -242,10 +243,12 @@ class DetectionDecoder:
         return table
 
     def _passes(self, classes: npt.NDArray[np.int64], scores: F32) -> npt.NDArray[np.bool_]:
+        # an SSD class id beyond the labels widens the table (a wild one, garbage, is dropped)
+        ok = (classes >= 0) & (classes < MAX_CLASS_ID) & (scores > 0)
         table = self._thresholds
-        if classes.size and int(classes.max()) >= len(table):  # an SSD class beyond the labels
-            self._thresholds = table = self._threshold_table(int(classes.max()) + 1)
-        ok = (classes >= 0) & (scores > 0)
+        top = int(classes[ok].max()) if ok.any() else -1
+        if top >= len(table):
+            self._thresholds = table = self._threshold_table(top + 1)
         ok[ok] = scores[ok] >= table[classes[ok]]
         return ok
 

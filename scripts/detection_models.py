@@ -7,7 +7,8 @@ noise. A ground-truth box is the tight box of the upscaled digit's ink (alpha > 
 The network sees 96×96 RGB (pixel / 255). Training canvases have random sizes and aspects and
 are letterboxed into 96×96 exactly as the agent does (``ImagePlan``: r = min(96/w, 96/h),
 ``cv2.resize`` INTER_LINEAR to round(w·r)×round(h·r), centred, padded with 0), so the model is
-trained on what the agent feeds it.
+trained on what the agent feeds it. Training digits are mildly distorted (rotation, scale,
+shear); the held-out canvases use the held-out digits undistorted. Weights are stored as float16.
 
 The head is a YOLO-style 12×12 grid (stride 8): per cell an objectness logit, the box centre
 as a sigmoid offset inside the cell, the size as ANCHOR·exp(t), and 10 class logits. Exports:
@@ -55,7 +56,7 @@ def digit_images():
     return alpha, d.target.astype(np.int64), tr, te
 
 
-def canvas(rng, w, h, alpha, labels, pool, *, sizes=(14, 34), max_digits=3):
+def canvas(rng, w, h, alpha, labels, pool, *, sizes=(14, 34), max_digits=3, distort=False):
     """One RGB canvas with 1..max_digits digits from `pool`; boxes as [x1, y1, x2, y2, label]
     in canvas pixels (x2, y2 exclusive edges)."""
     import cv2
@@ -77,6 +78,14 @@ def canvas(rng, w, h, alpha, labels, pool, *, sizes=(14, 34), max_digits=3):
             continue
         k = int(rng.choice(pool))
         a = cv2.resize(alpha[k], (s, s), interpolation=cv2.INTER_LINEAR)
+        if distort:  # training only: a little rotation, scale and shear, so writing varies more
+            m = cv2.getRotationMatrix2D((s / 2, s / 2), rng.uniform(-12, 12), 1.0)
+            m[:, :2] = m[:, :2] @ np.array([[rng.uniform(0.85, 1.1), rng.uniform(-0.2, 0.2)],
+                                            [0.0, rng.uniform(0.85, 1.1)]])
+            m[:, 2] = (s / 2) - m[:, :2] @ np.array([s / 2, s / 2])  # about the centre
+            a = cv2.warpAffine(a, m, (s, s), flags=cv2.INTER_LINEAR, borderValue=0)
+            if not (a > INK).any():
+                continue
         # ink that stands out from the local background
         bg = img[y : y + s, x : x + s].mean(axis=(0, 1))
         color = np.where(bg < 128, rng.uniform(170, 255, 3), rng.uniform(0, 85, 3))
@@ -113,7 +122,7 @@ def training_set(n, seed=TRAIN_SEED):
         h = int(rng.integers(80, 200))
         # digit sizes of 11-30 px once letterboxed (the held-out canvases give 11-29)
         r = min(SIZE / w, SIZE / h)
-        img, boxes = canvas(rng, w, h, alpha, labels, tr, sizes=(int(np.ceil(11 / r)), int(30 / r)))
+        img, boxes = canvas(rng, w, h, alpha, labels, tr, sizes=(int(np.ceil(11 / r)), int(30 / r)), distort=True)
         xs[i], b = letterbox(img, boxes)
         for x1, y1, x2, y2, lab in b:
             cx, cy, bw, bh = (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1
@@ -203,10 +212,10 @@ def network():
 
     inp = keras.Input((SIZE, SIZE, 3), name="image")
     h = inp
-    for filters, stride in ((16, 2), (32, 2), (32, 1), (64, 2)):
+    for filters, stride in ((16, 1), (32, 2), (48, 2), (64, 1), (64, 2)):
         h = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", activation="relu")(h)
     for _ in range(2):  # separable at the grid's resolution: the receptive field, few weights
-        h = keras.layers.SeparableConv2D(64, 3, padding="same", activation="relu")(h)
+        h = keras.layers.SeparableConv2D(128, 3, padding="same", activation="relu")(h)
     head = keras.layers.Conv2D(5 + NUM_CLASSES, 1, name="head")(h)
     return keras.Model(inp, head)
 
@@ -225,7 +234,7 @@ def loss_fn(y_true, y_pred):
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(y_true[..., 5], tf.int32), logits=y_pred[..., 5:])
     l_cls = tf.reduce_sum(tf.where(pos, ce, 0.0)) / npos
-    return l_obj + 5.0 * l_xy + 2.0 * l_wh + l_cls
+    return l_obj + 5.0 * l_xy + 2.0 * l_wh + 2.0 * l_cls
 
 
 def decode(head):
@@ -253,7 +262,7 @@ def anchors():
     return a
 
 
-def train_model(n=10000, epochs=30):
+def train_model(n=12000, epochs=36):
     from tensorflow import keras
 
     xs, targets = training_set(n)
@@ -291,7 +300,7 @@ def _implements():
 def export_yolo(model):
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32, name="image")])
+    @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32, name="image")], autograph=False)
     def fn(x):
         boxes, scores = decode(model(x, training=False))
         return tf.transpose(tf.concat([boxes, scores], axis=-1), [0, 2, 1])  # [1, 14, A]
@@ -306,7 +315,7 @@ def export_ssd(model):
     anchor_t = tf.constant(anchors())
     spec = tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32, name="image")
 
-    @tf.function(input_signature=[spec])
+    @tf.function(input_signature=[spec], autograph=False)
     def encode(x):
         boxes, scores = decode(model(x, training=False))
         a = anchor_t[None]
@@ -324,7 +333,8 @@ def export_ssd(model):
         z = tf.constant(0.0, tf.float32)
         return z, z, z, z  # stands in for the custom op (boxes, classes, scores, count)
 
-    @tf.function(input_signature=[spec])
+    # autograph off here and above: it re-reads this file's source, which may have changed
+    @tf.function(input_signature=[spec], autograph=False)
     def fn(x):
         enc, cls = frozen(x)
         b, c, s, n = postprocess(enc, cls, anchor_t)
@@ -341,7 +351,9 @@ def _convert(cf, trackable, custom=False):
 
     if not custom:
         frozen = convert_variables_to_constants_v2(cf)
-        return tf.lite.TFLiteConverter.from_concrete_functions([frozen], trackable).convert()
+        conv = tf.lite.TFLiteConverter.from_concrete_functions([frozen], trackable)
+        _float16_weights(conv)
+        return conv.convert()
     # Freezing a concrete function inlines the composite function (and the custom op is
     # lost); through a SavedModel, the converter sees the experimental_implements attribute.
     module = tf.Module()
@@ -349,4 +361,13 @@ def _convert(cf, trackable, custom=False):
         tf.saved_model.save(module, tmp, signatures=cf)
         conv = tf.lite.TFLiteConverter.from_saved_model(tmp)
         conv.allow_custom_ops = True
+        _float16_weights(conv)
         return conv.convert()
+
+
+def _float16_weights(conv):
+    """Weights stored as float16 (dequantized once at load): half the size, float32 compute."""
+    import tensorflow as tf
+
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.target_spec.supported_types = [tf.float16]

@@ -1016,11 +1016,14 @@ class Agent:
             if res.error is not None:
                 self._model_failed(frame, res.error)
                 return
-            outcome = inf.pipeline.finish(inf.staged, res.t1, res.t2, res.raws, res.outs)
-            inf.invoker.release_outputs()
+            try:
+                outcome = inf.pipeline.finish(inf.staged, res.t1, res.t2, res.raws, res.outs)
+            finally:
+                # exactly once per fetch: a second release would let the next invoke's fetch
+                # overwrite outputs the loop has not read yet
+                inf.invoker.release_outputs()
             self._conclude(frame, outcome)
         finally:
-            inf.invoker.release_outputs()
             inf.source.release(frame)
 
     def _complete_inflight(self) -> None:

@@ -20,6 +20,7 @@ from edge_agent.errors import ModelError, PreprocessError
 from edge_agent.guard import Context, GuardFault, OutputFault, OutputGuard, all_finite, check_outputs
 from edge_agent.input_guard import InputGuard
 from edge_agent.postprocess.classification import Classifier
+from edge_agent.postprocess.detection import DetectionDecoder, FrameGeometry
 from edge_agent.postprocess.labels import load_labels
 from edge_agent.postprocess.pose import PoseDecoder
 from edge_agent.postprocess.regression import Regressor
@@ -83,7 +84,7 @@ class Staged:
     geometry: tuple[Geometry, tuple[int, int]] | None = None
 
 
-SUPPORTED_TASKS = ("classification", "regression", "raw", "pose", "segmentation")
+SUPPORTED_TASKS = ("classification", "regression", "raw", "detection", "pose", "segmentation")
 IMAGE_SOURCES = ("images", "opencv", "picamera2", "synthetic")
 
 
@@ -136,6 +137,9 @@ class Pipeline:
             self.decoder = lambda outs: self.classifier.decode(outs[0]) if self.classifier else {}
         elif self.task in ("pose", "segmentation"):
             self.decoder = self._image_decoder(cfg, model)
+        elif self.task == "detection":
+            self.detector = self._detector()
+            self.decoder = self._detect
         else:
             reg = Regressor(cfg.postprocess, tuple(o.name for o in model.outputs))
             total = sum(int(np.prod(o.shape)) for o in model.outputs)
@@ -218,6 +222,30 @@ class Pipeline:
             if warning:
                 self.warnings.append(warning)
         return mine
+
+    def _detector(self) -> DetectionDecoder:
+        if self.pre.vector:
+            raise ModelError(f'{self.model.name}: model.task = "detection" needs an image input', reason="inputs")
+        lay = InputLayout.of(self.model.inputs[0])
+        det = DetectionDecoder(
+            self.cfg.postprocess,
+            self._labels(),
+            self.model.outputs,
+            (lay.width, lay.height),
+            self.model.file.info.custom_op_outputs,
+        )
+        log.info("%s: %s", self.model.name, det.describe())
+        self._det_frame: tuple[Geometry | None, FrameGeometry | None] = (None, None)
+        return det
+
+    def _detect(self, outs: list[npt.NDArray[np.float32]]) -> dict[str, Any]:
+        # the geometry of the frame these outputs belong to (with overlap, the plan may hold the next one's)
+        geometry, (w, h) = self._decode_geometry()
+        cached, where = self._det_frame
+        if cached is not geometry or where is None:  # once per frame size, not per frame
+            where = FrameGeometry(geometry, w, h)
+            self._det_frame = (geometry, where)
+        return self.detector.decode(outs, where)
 
     def _labels(self) -> dict[int, str]:
         if self.cfg.model.labels:

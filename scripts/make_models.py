@@ -30,6 +30,10 @@ Writes, deterministically (fixed seeds, op determinism):
   encoder-decoder labelling each pixel background or one of the ten digits, on canvases of
   load_digits digits (letterboxed to 64×64); 24 held-out 96×64 canvases with their masks
   (``--only segmentation``).
+* ``detect_yolo.tflite`` / ``detect_ssd.tflite`` + ``detection_canvases/`` (PNG) and
+  ``detection_canvases.json`` (ground-truth boxes in canvas pixels): a digit detector on
+  canvases of load_digits digits (``detection_models.py``), exported as a raw YOLOv8-style
+  tensor and through TFLite_Detection_PostProcess (``--only detection`` rebuilds just these).
 * ``manifest.json``: files, hashes, tensors, transforms, and numbers measured through
   ai-edge-litert by ``scripts/verify_models.py``.
 """
@@ -392,6 +396,68 @@ def write_audio():
     return audio_entry(labels_path.name)
 
 
+def write_detection():
+    """Train the digit detector, write its two exports and the held-out canvases."""
+    import detection_models as dm
+
+    seed_everything()
+    model = dm.train_model()
+    # kept so that an export can be retried without training again (dev convenience)
+    model.save(Path(tempfile.gettempdir()) / "edge_agent_detector.keras")
+    (OUT / "detect_yolo.tflite").write_bytes(dm.export_yolo(model))
+    (OUT / "detect_ssd.tflite").write_bytes(dm.export_ssd(model))
+    canvases = dm.write_heldout(OUT)
+    (OUT / "digits_labels.txt").write_text("".join(f"{w}\n" for w in LABELS))
+    transform = {
+        "kind": "image", "resize": "letterbox", "interpolation": "linear", "color": "rgb",
+        "scale": 1.0 / 255.0, "mean": [0.0], "std": [1.0], "pad_value": 0,
+        "heldout": {"dir": canvases.name, "truth": f"{canvases.name}.json",
+                    "seed": dm.HELDOUT_SEED, "size": list(dm.HELDOUT_SIZE)},
+        "min_score": 0.05, "nms_iou": 0.5,
+    }
+    common = (f"{dm.SIZE}×{dm.SIZE} RGB float32 input, pixel/255, letterboxed (pad 0); float16 "
+              "weights, float32 compute; trained "
+              f"on letterboxed canvases of random size with 1-3 load_digits digits (training "
+              f"split), seed {dm.TRAIN_SEED}. Measured on {dm.HELDOUT_COUNT} held-out "
+              f"{dm.HELDOUT_SIZE[0]}×{dm.HELDOUT_SIZE[1]} canvases of held-out digits, boxes "
+              "mapped back to canvas pixels (score >= min_score, NMS IoU nms_iou). ")
+    return {
+        "detect_yolo": {
+            "file": "detect_yolo.tflite", "role": "detection", "transform": transform,
+            "labels": "digits_labels.txt", "metadata": None,
+            "notes": common + "One output [1, 14, 144] (YOLOv8 layout): cx, cy, w, h in input "
+                     "pixels, then 10 class scores (objectness × softmax), one per 8×8 cell.",
+        },
+        "detect_ssd": {
+            "file": "detect_ssd.tflite", "role": "detection", "transform": transform,
+            "labels": "digits_labels.txt", "metadata": None,
+            "notes": common + "The same network ending in TFLite_Detection_PostProcess "
+                     f"(max_detections {dm.SSD_MAX_DETECTIONS}, score threshold "
+                     f"{dm.SSD_SCORE_THRESHOLD}, IoU {dm.SSD_IOU_THRESHOLD}, fast NMS, one "
+                     "anchor per cell, scales 1): outputs boxes [1, 10, 4] (ymin, xmin, ymax, "
+                     "xmax normalized), classes, scores, count, named "
+                     "PartitionedCall:1/:3/:0/:2 as a TF2 export names them.",
+        },
+    }
+
+
+def only_detection(verify_python, t0):
+    """Rebuild the detection models alone and their manifest entries; the others are kept."""
+    mpath = OUT / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    entries = write_detection()
+    manifest["models"].update(entries)
+    mpath.write_text(json.dumps(manifest, indent=1) + "\n")
+    measured = fill_measured(verify_python)
+    for entry in entries.values():
+        r = measured[entry["file"]]
+        for key in ("size", "sha256", "inputs", "outputs"):
+            entry[key] = r[key]
+        entry["measured"] = {"via": "ai-edge-litert", **r["heldout"]}
+    mpath.write_text(json.dumps(manifest, indent=1) + "\n")
+    final_check(verify_python, t0)
+
+
 def fill_measured(verify_python):
     """Measure through ai-edge-litert (the runtime), in the runtime's Python."""
     res = verify(verify_python, "--json", "--no-manifest-metrics")
@@ -658,8 +724,8 @@ def main():
     ap = argparse.ArgumentParser(description="Build the bundled test models (dev only).")
     ap.add_argument("--verify-python", help="Python with numpy, opencv and ai-edge-litert")
     ap.add_argument("--metadata-child", nargs=5, help=argparse.SUPPRESS)
-    ap.add_argument("--only", choices=["all", "audio", "segmentation"], default="all",
-                    help="audio / segmentation: rebuild only that model and its manifest entry")
+    ap.add_argument("--only", choices=["all", "audio", "segmentation", "detection"], default="all",
+                    help="audio / segmentation / detection: rebuild only those models and their manifest entries")
     args = ap.parse_args()
     if args.metadata_child:
         m, labels, mean, std, out = args.metadata_child
@@ -681,6 +747,9 @@ def main():
         return
     if args.only == "segmentation":
         only_segmentation(verify_python, t0)
+        return
+    if args.only == "detection":
+        only_detection(verify_python, t0)
         return
     frames, y = digits_frames()
     tr, te = split(len(y), y)
@@ -818,6 +887,7 @@ def main():
         },
         "audio": audio,
         "segmentation": segmentation,
+        **write_detection(),
     }
     manifest = {
         "generator": "scripts/make_models.py",

@@ -47,6 +47,7 @@ UNSTABLE_MIN_R2 = 0.3  # on the held-out rows where the model is defined (z_bmi 
 AUDIO_MIN_ACC = 0.95
 SEG_MIN_PIXEL_ACC = 0.92
 SEG_MIN_MEAN_IOU = 0.4
+DETECTION_MIN_MAP50 = 0.9
 
 
 def make_interpreter(path: Path, *, default_delegates: bool = True) -> Any:
@@ -191,6 +192,8 @@ def measure(bundled: Path = BUNDLED) -> dict[str, Any]:
             r["heldout"] = measure_audio(interp, t)
         elif role == "segmentation":
             r["heldout"] = measure_segmentation(interp, bundled / entry["heldout_canvases"]["dir"])
+        elif role == "detection":
+            r["heldout"] = measure_detection(interp, bundled, t)
         elif role == "invoke_error":
             shape = r["inputs"][0]["shape"]
             trials = {
@@ -326,6 +329,68 @@ def measure_segmentation(interp: Any, canvases: Path) -> dict[str, Any]:
         "background_iou": float(inter[0] / union[0]),
         "max_fraction_error": frac_err,
     }
+def _nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_thr: float) -> list[int]:
+    """Per-class greedy NMS, one box at a time (deliberately not the agent's vectorized one)."""
+    import detection_models  # noqa: PLC0415
+
+    order = list(np.argsort(-scores, kind="stable"))
+    keep: list[int] = []
+    while order:
+        i = order.pop(0)
+        keep.append(i)
+        order = [j for j in order if classes[j] != classes[i]
+                 or detection_models.iou(boxes[i], boxes[j])[0] <= iou_thr]
+    return keep
+
+
+def measure_detection(interp: Any, bundled: Path, t: dict[str, Any]) -> dict[str, Any]:
+    """mAP@0.5 on the held-out canvases, letterboxed into the input as the agent does, boxes
+    mapped back to canvas pixels and compared with the ground truth there."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import detection_models as dm  # noqa: PLC0415
+
+    truth_doc = json.loads((bundled / t["heldout"]["truth"]).read_text())
+    inp = interp.get_input_details()[0]
+    outs = interp.get_output_details()
+    size = int(inp["shape"][1])
+    op = [o for o in interp._get_ops_details() if o["op_name"] == "TFLite_Detection_PostProcess"]
+    truth: dict[str, list[tuple[int, list[float]]]] = {}
+    predicted: dict[str, list[tuple[int, float, list[float]]]] = {}
+    for name, objs in truth_doc["images"].items():
+        truth[name] = [(o["index"], o["box"]) for o in objs]
+        bgr = cv2.imread(str(bundled / t["heldout"]["dir"] / name), cv2.IMREAD_COLOR)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        h, w = rgb.shape[:2]
+        x, _ = dm.letterbox(rgb, np.zeros((0, 5), np.float32), size)
+        interp.set_tensor(inp["index"], (x.astype(np.float32) * np.float32(t["scale"]))[None])
+        interp.invoke()
+        r = min(size / w, size / h)
+        nw, nh = max(1, round(w * r)), max(1, round(h * r))
+        ox, oy = (size - nw) // 2, (size - nh) // 2
+        if op:
+            by_index = {int(o["index"]): np.array(interp.get_tensor(o["index"])) for o in outs}
+            b, c, s, n = (by_index[int(i)] for i in op[0]["outputs"])
+            n = int(n.ravel()[0])
+            boxes = b[0, :n][:, [1, 0, 3, 2]] * size  # x1, y1, x2, y2 in input pixels
+            classes, scores = c[0, :n].astype(int), s[0, :n]
+        else:
+            y = np.array(interp.get_tensor(outs[0]["index"]))[0].T  # [A, 4 + C]
+            cls = y[:, 4:]
+            classes, scores = cls.argmax(1), cls.max(1)
+            ok = scores >= t["min_score"]
+            cx, cy, bw, bh = y[ok, :4].T
+            boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
+            classes, scores = classes[ok], scores[ok]
+            keep = _nms(boxes, scores, classes, t["nms_iou"])
+            boxes, classes, scores = boxes[keep], classes[keep], scores[keep]
+        boxes = boxes.astype(np.float64)
+        boxes[:, [0, 2]] = np.clip((boxes[:, [0, 2]] - ox) * (w / nw), 0, w)
+        boxes[:, [1, 3]] = np.clip((boxes[:, [1, 3]] - oy) * (h / nh), 0, h)
+        predicted[name] = [(int(c), float(s), list(b)) for b, c, s in zip(boxes, classes, scores, strict=True)
+                           if s >= t["min_score"]]
+    m, per_class = dm.mean_average_precision(truth, predicted, 0.5)
+    return {"n": len(truth), "objects": sum(len(v) for v in truth.values()), "map50": m,
+            "ap50_per_class": {dm.LABELS[k]: v for k, v in sorted(per_class.items())}}
 
 
 def embedded_files(path: Path) -> dict[str, str]:
@@ -362,6 +427,8 @@ def check(bundled: Path, results: dict[str, Any], *, compare_manifest: bool) -> 
             h["pixel_accuracy"] < SEG_MIN_PIXEL_ACC or h["mean_iou"] < SEG_MIN_MEAN_IOU
         ):
             problems.append(f"{f}: pixel accuracy {h['pixel_accuracy']:.4f}, mean IoU {h['mean_iou']:.4f}")
+        if role == "detection" and h["map50"] < DETECTION_MIN_MAP50:
+            problems.append(f"{f}: mAP@0.5 {h['map50']:.4f} < {DETECTION_MIN_MAP50}")
         if role == "audio" and h["accuracy"] < AUDIO_MIN_ACC:
             problems.append(f"{f}: accuracy {h['accuracy']:.4f} < {AUDIO_MIN_ACC}")
         if role == "nan_prone":

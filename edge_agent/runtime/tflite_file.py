@@ -125,6 +125,8 @@ class TfliteModelInfo:
     metadata: ModelMetadata | None
     associated_files: dict[str, bytes]
     min_runtime_version: str | None = None  # "min_runtime_version" metadata entry
+    # the first subgraph's custom operators: (custom code, output tensor indices), in graph order
+    custom_op_outputs: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 class _Buffer:
@@ -272,6 +274,7 @@ def parse_model_bytes(data: bytes) -> TfliteModelInfo:
             min_runtime = text.decode("ascii", errors="replace") or None
 
     custom_ops = tuple(dict.fromkeys(op.custom_code for op in operators if op.custom_code))
+    custom_outputs = _custom_op_outputs(subgraphs[0], operators)
     return TfliteModelInfo(
         version=model.scalar(4, nt.Uint32Flags, 0),
         description=model.string(10, "model description"),
@@ -281,6 +284,7 @@ def parse_model_bytes(data: bytes) -> TfliteModelInfo:
         metadata=metadata,
         associated_files=_read_associated_files(data),
         min_runtime_version=min_runtime,
+        custom_op_outputs=custom_outputs,
     )
 
 
@@ -334,6 +338,20 @@ def _check_subgraph(buf: _Buffer, sg: _Tab, n_opcodes: int, n_buffers: int) -> N
         op.vector(6, 4, "operator inputs")
         op.vector(8, 4, "operator outputs")
         op.vector(14, 1, "custom options")
+
+
+def _custom_op_outputs(sg: _Tab, codes: tuple[OperatorCode, ...]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Which tensors each custom operator writes (a detection model's TFLite_Detection_PostProcess
+    says by its output order which output is boxes, classes, scores and count)."""
+    found: list[tuple[str, tuple[int, ...]]] = []
+    for op in sg.tables(10, "operators"):
+        code = codes[op.scalar(4, nt.Uint32Flags, 0)]  # bounds checked by _check_subgraph
+        if code.custom_code is None:
+            continue
+        vec = op.vector(8, 4, "operator outputs")
+        outputs = struct.unpack_from(f"<{vec[1]}i", op.buf.data, vec[0]) if vec else ()
+        found.append((code.custom_code, tuple(outputs)))
+    return tuple(found)
 
 
 def _buffer_span(buf: _Buffer, b: _Tab) -> tuple[int, int]:

@@ -79,6 +79,11 @@ def test_metrics_match_the_stats_topic(
         stats = col.wait_for(lambda m: m.leaf == "stats" and m.payload["ts"] == ts, 5, f"stats with ts {ts}").payload
         info = [k for k in got if k[0] == "edge_agent_info"]
         assert info == [("edge_agent_info", (("device", device), ("version", agent_version())))]
+        # and the counters move: a later scrape, after the next stats, counts more frames
+        col.wait_for(lambda m: m.leaf == "stats" and m.payload["ts"] > ts, WAIT_S, "the next stats")
+        later = scrape(port)
+        assert later[("edge_agent_frames_total", ())] > got[("edge_agent_frames_total", ())]
+        assert later[("edge_agent_results_total", ())] > got[("edge_agent_results_total", ())]
         agent.proc.terminate()
         agent.wait(20)
 

@@ -267,7 +267,7 @@ def measure_unstable(
 def measure_audio(interp: Any, t: dict[str, Any]) -> dict[str, Any]:
     """Held-out synthesized clips at the model's rate, drawn with the manifest's seed."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import audio_synth  # noqa: PLC0415
+    import audio_synth
 
     h = t["heldout"]
     x, y = audio_synth.dataset(h["per_class"], h["seconds"], t["rate"], h["seed"])
@@ -331,7 +331,7 @@ def measure_segmentation(interp: Any, canvases: Path) -> dict[str, Any]:
     }
 def _nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_thr: float) -> list[int]:
     """Per-class greedy NMS, one box at a time (deliberately not the agent's vectorized one)."""
-    import detection_models  # noqa: PLC0415
+    import detection_models
 
     order = list(np.argsort(-scores, kind="stable"))
     keep: list[int] = []
@@ -347,7 +347,7 @@ def measure_detection(interp: Any, bundled: Path, t: dict[str, Any]) -> dict[str
     """mAP@0.5 on the held-out canvases, letterboxed into the input as the agent does, boxes
     mapped back to canvas pixels and compared with the ground truth there."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import detection_models as dm  # noqa: PLC0415
+    import detection_models as dm
 
     truth_doc = json.loads((bundled / t["heldout"]["truth"]).read_text())
     inp = interp.get_input_details()[0]

@@ -6,9 +6,11 @@ Everything here is real: a paho-mqtt 2 client on the test broker, the agent star
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +22,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from edge_agent.broker import LocalBroker, free_port, start_mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT_S = 60.0
@@ -267,3 +271,45 @@ def retained(port: int, topic: str, *, timeout: float = 5.0, protocol: MQTTProto
 
 def iter_payloads(messages: list[Message], leaf: str) -> Iterator[Any]:
     return (m.payload for m in messages if m.leaf == leaf)
+
+
+# ---- a broker that can be stopped and started again on the same port ------------------------
+def _mosquitto_children() -> set[int]:
+    """The mosquitto processes this test process started."""
+    pids = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, ValueError):
+                stat = (d / "stat").read_text()
+                comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+                if comm == "mosquitto" and int(rest[1]) == os.getpid():
+                    pids.add(int(d.name))
+    return pids
+
+
+class Broker:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._broker: LocalBroker | None = None
+        self._pid: int | None = None
+
+    def start(self) -> None:
+        assert self._broker is None
+        before = _mosquitto_children()
+        self._broker = start_mosquitto(self.port)
+        new = _mosquitto_children() - before
+        self._pid = new.pop() if len(new) == 1 else None
+
+    def hang_then_die(self, hang_s: float) -> None:
+        """The broker stops answering (no PUBACK: the agent's messages stay in flight), then dies."""
+        if self._pid is not None:
+            os.kill(self._pid, signal.SIGSTOP)
+            time.sleep(hang_s)
+            os.kill(self._pid, signal.SIGKILL)
+        self.stop()
+
+    def stop(self) -> None:
+        if self._broker is not None:
+            self._broker.stop()
+            self._broker = None
+            self._pid = None

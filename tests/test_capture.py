@@ -3,6 +3,7 @@ buffers given back, a blocked or failing source never blocking or crashing the c
 
 from __future__ import annotations
 
+import mmap
 import threading
 import time
 from pathlib import Path
@@ -139,6 +140,54 @@ def test_a_blocked_read_never_blocks_the_consumer_and_close_returns() -> None:
     assert not src.closed.is_set(), "closed under a read() still running"
     src.go.set()  # the driver call returns at last: the thread closes the source itself
     assert src.closed.wait(5)
+
+
+class MappedFrames:
+    """A live source whose frames are views of mmap'd buffers, as a camera's: close() unmaps them,
+    which fails (BufferError) while any view is alive. Giving back the frame the capture thread
+    held is slow, and the next read() returns exactly then: the thread's closing race."""
+
+    name = "mapped"
+    live = True
+
+    def __init__(self) -> None:
+        self.maps = [mmap.mmap(-1, 4 * 4 * 3) for _ in range(2)]
+        self.reads = 0
+        self.giving_back = threading.Event()
+        self.closers: list[str] = []
+        self.unmap_failures = 0
+
+    def read(self) -> Frame | SourceProblem | None:
+        self.reads += 1
+        if self.reads > 1:
+            self.giving_back.wait(5)  # the second frame arrives while close() gives the first back
+        pixels = np.frombuffer(self.maps[(self.reads - 1) % 2], dtype=np.uint8).reshape(4, 4, 3)
+        return Frame(seq=self.reads, ts=time.time(), mono=time.monotonic(), source="mapped", pixels=pixels)
+
+    def release(self, frame: Frame) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.giving_back.set()
+            time.sleep(0.3)
+
+    def close(self) -> None:
+        self.closers.append(threading.current_thread().name)
+        for mm in self.maps:
+            try:
+                mm.close()
+            except BufferError:
+                self.unmap_failures += 1
+
+
+def test_the_source_is_closed_once_and_only_after_every_view_of_its_buffers_is_gone() -> None:
+    src = MappedFrames()
+    cap = CaptureThread(src, "latest")
+    deadline = time.monotonic() + 5
+    while cap._ready is None and time.monotonic() < deadline:  # the first frame waits, untaken
+        time.sleep(0.01)
+    cap.close()
+    assert src.reads == 2
+    assert src.closers == [threading.main_thread().name], "closed once, by close() (the read had returned)"
+    assert src.unmap_failures == 0, "the source was closed while a frame still pointed into its buffers"
 
 
 class Failing:

@@ -26,10 +26,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import INTERPRETER
-from mqtt_helpers import AgentProcess, retained, write_config
+from mqtt_helpers import AgentProcess, Broker, retained, write_config
 from paho.mqtt.enums import CallbackAPIVersion
-
-from edge_agent.broker import LocalBroker, free_port, start_mosquitto
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -39,48 +37,6 @@ OUTAGE_S = 30.0
 # paho's reconnect backoff in the agent (reconnect_delay_set(1, 60)): attempts 1, 3, 7, 15, 31,
 # 63 s after the link dropped, so a 30 s outage is over at the attempt 31 s in (60 s at worst)
 RECONNECT_TIMEOUT_S = 75.0
-
-
-# ---- a broker that can be stopped and started again on the same port ------------------------
-def _mosquitto_children() -> set[int]:
-    """The mosquitto processes this test process started."""
-    pids = set()
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError, ValueError):
-                stat = (d / "stat").read_text()
-                comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-                if comm == "mosquitto" and int(rest[1]) == os.getpid():
-                    pids.add(int(d.name))
-    return pids
-
-
-class Broker:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self._broker: LocalBroker | None = None
-        self._pid: int | None = None
-
-    def start(self) -> None:
-        assert self._broker is None
-        before = _mosquitto_children()
-        self._broker = start_mosquitto(self.port)
-        new = _mosquitto_children() - before
-        self._pid = new.pop() if len(new) == 1 else None
-
-    def hang_then_die(self, hang_s: float) -> None:
-        """The broker stops answering (no PUBACK: the agent's messages stay in flight), then dies."""
-        if self._pid is not None:
-            os.kill(self._pid, signal.SIGSTOP)
-            time.sleep(hang_s)
-            os.kill(self._pid, signal.SIGKILL)
-        self.stop()
-
-    def stop(self) -> None:
-        if self._broker is not None:
-            self._broker.stop()
-            self._broker = None
-            self._pid = None
 
 
 @pytest.fixture

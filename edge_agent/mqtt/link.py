@@ -176,6 +176,9 @@ class MqttLink:
         self.topics = topics
         self._status_payload = status_payload
         self._connected = threading.Event()
+        # successful connects so far: what was handed to paho on an earlier connection is re-sent
+        # by paho itself on the next one (see OutboxSender)
+        self.connects = 0
         # what `_on_connect` announces until `publish_status` says otherwise: the owner's real
         # state, so that an agent still without a model never claims `online` on connect
         self._state = initial_state
@@ -251,6 +254,7 @@ class MqttLink:
                 )
             self._fail(f"the broker at {self._where} refused the connection: {reason}{hint}")
             return
+        self.connects += 1  # before `connected` is seen set
         self._connected.set()
         self.client.jitter_max_s = 0.0
         if self._down_since is not None and self.last_error is not None:

@@ -5,6 +5,11 @@ acknowledgements arrive from paho's network thread through a queue.
 paho itself re-sends its unacknowledged QoS 1 messages after a reconnect; rows handed over
 but still unacknowledged after `resend_after_s` of connection are handed over again (at
 least once: the consumer drops a duplicate by its seq).
+
+Order survives a reconnect: paho marks the connection up and calls on_connect *before* it
+re-sends what was in flight, so a row handed over at that moment would overtake them (the
+consumer would see seq 31..40 before 21..30). No new row is handed over until every row of an
+earlier connection is acknowledged (or has gone stale and is handed over again, in order).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from edge_agent.mqtt.outbox import Outbox, Row
 class _InFlight:
     row: Row
     since: float
+    connection: int  # link.connects when handed over
 
 
 class OutboxSender:
@@ -60,6 +66,9 @@ class OutboxSender:
         stale = [mid for mid, f in self._inflight.items() if now - f.since > self.resend_after_s]
         for mid in stale:
             self.outbox.in_flight.pop(self._inflight.pop(mid).row.id, None)
+        connection = self.link.connects
+        if any(f.connection != connection for f in self._inflight.values()):
+            return 0  # paho re-sends those first; newer rows wait for their acknowledgements
         room = self.window - len(self._inflight)
         if room <= 0 or not self.outbox.has_waiting():
             return 0  # (has_waiting: no query per frame when everything was handed over already)
@@ -70,7 +79,7 @@ class OutboxSender:
             # QoS 1/2 without a connection: paho keeps the message and sends it after reconnecting
             kept = info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and row.qos > 0
             if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or kept:
-                self._inflight[info.mid] = _InFlight(row, now)
+                self._inflight[info.mid] = _InFlight(row, now, connection)
                 self.outbox.in_flight[row.id] = row.size
                 handed += 1
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:

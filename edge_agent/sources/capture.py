@@ -62,6 +62,8 @@ class CaptureThread:
         self._ended = False
         self._closing = False
         self._source_closed = False
+        self._exited = False  # the thread has left _run
+        self._abandoned = False  # close() gave up waiting for the thread, which closes the source itself
         self._thread = threading.Thread(target=self._run, name=f"capture:{source.name}", daemon=True)
         self._thread.start()
 
@@ -96,8 +98,9 @@ class CaptureThread:
                 del item
         finally:
             with self._cond:
-                closing = self._closing
-            if closing:
+                self._exited = True
+                abandoned = self._abandoned
+            if abandoned:
                 self._close_source()  # close() gave up waiting for a blocked read(): the thread closes it
 
     def _offer(self, item: Frame | SourceProblem) -> None:
@@ -106,20 +109,22 @@ class CaptureThread:
                 if isinstance(item, Frame):
                     self.source.release(item)
                 return
+            if self.policy == "every":
+                # one item ahead at most: wait until the previous frame is taken; a problem waits
+                # too, else it would be taken before the frame read ahead of it
+                while self._ready is not None and not self._closing:
+                    self._cond.wait(0.1)
+                if self._closed_meanwhile():
+                    if isinstance(item, Frame):
+                        self.source.release(item)
+                    return
             if isinstance(item, SourceProblem):
                 if len(self._problems) >= MAX_PROBLEMS:
                     self.problems_dropped += 1
                 else:
                     self._problems.append(item)
             else:
-                if self.policy == "every":
-                    # one item ahead at most: wait until the previous one is taken
-                    while self._ready is not None and not self._closing:
-                        self._cond.wait(0.1)
-                    if self._closed_meanwhile():
-                        self.source.release(item)
-                        return
-                elif self._ready is not None:
+                if self.policy == "latest" and self._ready is not None:
                     self.source.release(self._ready)
                     self.skipped += 1
                 self._ready = item
@@ -167,13 +172,18 @@ class CaptureThread:
         left to the thread, which closes the source when it does."""
         with self._cond:
             self._closing = True
-            held, self._ready = self._ready, None
+            # released, and no reference kept, under the lock: the thread may be about to close the
+            # source, and a camera cannot unmap a buffer that a view still points into
+            if self._ready is not None:
+                self.source.release(self._ready)
+                self._ready = None
             self._cond.notify_all()
-        if held is not None:
-            self.source.release(held)
-        del held  # before the source closes: a camera cannot unmap a buffer a view points into
         self._thread.join(JOIN_S)
-        if not self._thread.is_alive():
+        with self._cond:
+            # only one side closes the source: this one, unless the thread is still in a read()
+            close_now = self._exited
+            self._abandoned = not close_now
+        if close_now:
             self._close_source()
 
     def _close_source(self) -> None:

@@ -8,8 +8,11 @@ least once: the consumer drops a duplicate by its seq).
 
 Order survives a reconnect: paho marks the connection up and calls on_connect *before* it
 re-sends what was in flight, so a row handed over at that moment would overtake them (the
-consumer would see seq 31..40 before 21..30). No new row is handed over until every row of an
-earlier connection is acknowledged (or has gone stale and is handed over again, in order).
+consumer would see seq 31..40 before 21..30). So on the first pump of a new connection the rows
+still unacknowledged from an earlier one are handed over again, first and in order, and newer
+rows after them. paho's own copies may arrive too: duplicates, never a newer row first (each of
+the two streams is in order). Waiting for paho's acknowledgements instead would stall the outbox
+while it is fullest, and paho does not re-send a message it still holds as queued.
 """
 
 from __future__ import annotations
@@ -63,12 +66,13 @@ class OutboxSender:
         if not self.link.connected:
             return 0
         now = time.monotonic()
+        # handed over again, in id order before newer rows: rows unacknowledged for too long, and
+        # rows of an earlier connection (see above; an acknowledgement of the old copy is ignored)
         stale = [mid for mid, f in self._inflight.items() if now - f.since > self.resend_after_s]
+        connection = self.link.connects
+        stale += [mid for mid, f in self._inflight.items() if f.connection != connection and mid not in stale]
         for mid in stale:
             self.outbox.in_flight.pop(self._inflight.pop(mid).row.id, None)
-        connection = self.link.connects
-        if any(f.connection != connection for f in self._inflight.values()):
-            return 0  # paho re-sends those first; newer rows wait for their acknowledgements
         room = self.window - len(self._inflight)
         if room <= 0 or not self.outbox.has_waiting():
             return 0  # (has_waiting: no query per frame when everything was handed over already)

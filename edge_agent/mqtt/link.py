@@ -189,6 +189,7 @@ class MqttLink:
         self._attempt_failed = False
         self._down_since: float | None = None
         self._logged: set[str] = set()
+        self._refused: str | None = None  # the broker's own reason (CONNACK) for refusing, in this outage
         self._tls_ready = cfg.tls is None
         self.client = make_client(cfg, cfg.client_id or f"edge-agent-{topics.device}")
         # credentials and TLS are set up in `_before_connect`, before every attempt
@@ -252,7 +253,8 @@ class MqttLink:
                     if self.cfg.username
                     else " (the broker wants credentials: set mqtt.username and mqtt.password_file)"
                 )
-            self._fail(f"the broker at {self._where} refused the connection: {reason}{hint}")
+            self._refused = f"the broker at {self._where} refused the connection: {reason}{hint}"
+            self._fail(self._refused)
             return
         self.connects += 1  # before `connected` is seen set
         self._connected.set()
@@ -269,6 +271,7 @@ class MqttLink:
             self.outage = None
             log.info("connected to %s", self._where)
         self.last_error = None
+        self._refused = None
         self._failed_attempts = 0
         self._down_since = None
         self._logged.clear()
@@ -337,6 +340,12 @@ class MqttLink:
         if was_connected:
             self._note(f"lost the link to the broker at {self._where} ({reason})")
         elif not self._attempt_failed:
+            if self._refused is not None:
+                # a broker that refuses a client sends its CONNACK and closes at once; now and then
+                # the close overtakes the CONNACK (a reset drops the unread answer). The broker gave
+                # its reason already in this outage: the attempt counts, the reason stays that one.
+                self._fail(self._refused)
+                return
             # closed without a CONNACK: a TLS listener reached in clear text, or a refused client certificate
             hint = "a client certificate it refused?" if self.cfg.tls else "is that port a TLS listener?"
             self._fail(f"the broker at {self._where} closed the connection before accepting it ({hint})")

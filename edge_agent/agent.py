@@ -128,6 +128,8 @@ class Agent:
         self.state = "degraded"
         self.since = time.time()
         self._stop = threading.Event()
+        # the signal that asked for a stop: set by the handler, turned into _stop by the loop
+        self._stop_signal: int | None = None
         self._on_result = on_result
         self._model_stamp: ModelStamp | None = None
         self._next_model_try = 0.0
@@ -372,8 +374,11 @@ class Agent:
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
-            log.info("signal %s: stopping", signal.Signals(signum).name)
-            self.stop()
+            # No lock may be taken here: the handler runs in the loop's thread between two
+            # bytecodes, possibly while that thread holds the lock of the very Event (inside
+            # _stop.wait()) that set() would take, and the agent would hang for good on SIGTERM.
+            # A plain attribute; the loop reads it every few milliseconds.
+            self._stop_signal = signum
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
@@ -512,7 +517,16 @@ class Agent:
         self.metrics = endpoint
         log.info("serving /metrics on %s:%d", *(endpoint.address or (m.bind, m.port)))
 
+    def _stop_if_signalled(self) -> bool:
+        signum = self._stop_signal
+        if signum is not None and not self._stop.is_set():
+            log.info("signal %s: stopping", signal.Signals(signum).name)
+            self.stop()
+        return signum is not None
+
     def _step(self) -> None:
+        if self._stop_if_signalled():
+            return
         now = time.monotonic()
         if self._reload_requested:
             self._reload()
@@ -929,7 +943,7 @@ class Agent:
         """Wait (for the frame pacing, or while degraded) while still draining the outbox, so a
         backlog is not held to the frame rate."""
         deadline = time.monotonic() + seconds
-        while not self._stop.is_set():
+        while not self._stop_if_signalled() and not self._stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -317,3 +318,41 @@ def test_journal_fields_when_started_by_systemd(tmp_path: Path, mosquitto: Local
 def test_journal_field_with_a_newline_uses_the_binary_form() -> None:
     assert _field("MESSAGE", "one line") == b"MESSAGE=one line\n"
     assert _field("MESSAGE", "two\nlines") == b"MESSAGE\n" + (9).to_bytes(8, "little") + b"two\nlines\n"
+
+
+SIGNAL_IN_WAIT = """
+import os, signal, sys
+from edge_agent.agent import Agent
+from edge_agent.config import parse_config
+
+agent = Agent(parse_config({
+    "device": {"id": "sig", "state_dir": sys.argv[1]},
+    "source": {"kind": "synthetic"},
+    "model": {"path": sys.argv[2]},
+    "mqtt": {"host": "127.0.0.1", "port": 9},
+}))
+agent.install_signal_handlers()
+# the loop's state inside _stop.wait() when a wait times out: the Event's lock held
+with agent._stop._cond:
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(10000):  # bytecodes: the handler runs among them, with the lock still held
+        pass
+assert agent._stop_if_signalled(), "the signal was not noted"
+assert agent._stop.is_set()
+print("stopping after", signal.Signals(agent._stop_signal).name)
+"""
+
+
+def test_sigterm_while_the_loop_holds_the_stop_events_lock_does_not_hang(tmp_path: Path) -> None:
+    # A handler that calls Event.set() would wait forever for the lock its own thread holds:
+    # seen as an agent that logged "signal SIGTERM: stopping" and never stopped.
+    done = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_WAIT, str(tmp_path / "state"), str(BUNDLED / "digits_float.tflite")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stopping after SIGTERM" in done.stdout

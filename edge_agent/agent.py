@@ -536,7 +536,9 @@ class Agent:
             self._try_load_model(now)
         self.sender.pump()
         self.ha.poll()
-        if self._overflowed and self.link.connected:
+        # once the backlog has been handed over: drops while it drains (the outbox is still full
+        # when the link comes back) belong to the same overflow, and one notice counts them all
+        if self._overflowed and self.link.connected and not self.outbox.has_waiting():
             self._report_overflow()
         self._watchdog(now)
         self._storage_housekeeping(now)

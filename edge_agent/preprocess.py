@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import cv2
@@ -222,7 +223,8 @@ class ImagePlan:
       affine  float32 targets: one converting copy, then cv2.transform in place with a 3×4
               matrix (per-channel scale and bias; a channel swap folded into it for free);
       planes  NCHW tensors: np.take per channel plane.
-    For float32 NHWC the plan times lut and affine once, at build, and keeps the faster.
+    For float32 NHWC the plan keeps the affine pass only where it writes bit-identical tensors to
+    the table's, and then times the two once, at build, and keeps the faster (`exact_kernels`).
     """
 
     def __init__(
@@ -324,19 +326,53 @@ class ImagePlan:
             if requested not in possible:
                 raise PreprocessError(f"kernel {requested!r} cannot write a {dtype.name} {lay} tensor")
             return requested
-        if possible[0] == "copy" or len(possible) == 1:
-            return possible[0]
-        if prefer in possible:
+        # only kernels that write bit-identical tensors may be chosen by speed: a float32 rounding
+        # step is enough to move a score on a model whose activations are quantized at run time,
+        # so a choice left to timing would give one frame different results in different runs
+        exact = self.exact_kernels()
+        if exact[0] == "copy" or len(exact) == 1:
+            return exact[0]
+        if prefer in exact:
             return prefer
-        # measure: which of the exact table and the multiply-add is faster here
+        # measure: which of the equivalent passes is faster here
         probe = np.zeros((1, lay.height, lay.width, lay.channels), dtype=dtype)
         img = np.zeros((lay.height, lay.width, 3), dtype=np.uint8)
         timings = {}
-        for k in possible:
-            self.kernel = k
-            timings[k] = _time_us(lambda: self._fused(img, self.transform.color, probe[0]))
+        for k in exact:
+            timings[k] = _time_us(partial(self._fused, img, self.transform.color, probe[0], k))
         self.timings_us = timings
         return min(timings, key=lambda k: timings[k])
+
+    def exact_kernels(self) -> list[KernelName]:
+        """The kernels "auto" may pick: those whose tensor is bit-identical to the exact table's.
+
+        The table kernels (copy, lut, planes) hold the same 256 values per channel by
+        construction. The affine pass computes in float32 and may round differently: it joins
+        them only when, for every pixel value of every channel and either color order, it writes
+        the very same bits (checked here, on this machine's OpenCV, once per plan)."""
+        possible = self.possible_kernels()
+        if "affine" not in possible:
+            return possible
+        table_kernels: list[KernelName] = [k for k in possible if k != "affine"]
+        if not table_kernels:  # cannot happen for float32 NHWC (lut serves it), kept for safety
+            return ["affine"]
+        lay = self.layout
+        shape = (lay.height, lay.width, 3)
+        per_image = lay.height * lay.width
+        for order in ("bgr", "rgb"):
+            for start in range(0, 256, per_image):
+                img = np.empty(shape, dtype=np.uint8)
+                idx = np.arange(per_image, dtype=np.int64).reshape(lay.height, lay.width)
+                for c in range(3):
+                    img[:, :, c] = (start + idx + 85 * c) % 256
+                outs = []
+                for k in (table_kernels[0], "affine"):
+                    out = np.zeros((lay.height, lay.width, lay.channels), dtype=self.info.dtype)
+                    self._fused(img, order, out, k)
+                    outs.append(out)
+                if outs[0].tobytes() != outs[1].tobytes():
+                    return table_kernels
+        return possible
 
     def _affine_matrix(self, order: str) -> npt.NDArray[np.float32]:
         m = self._affine.get(order)
@@ -414,10 +450,14 @@ class ImagePlan:
             cv2.resize(src, (lay.width, lay.height), dst=self._resized, interpolation=self.interpolation)
         return self._resized
 
-    def _fused(self, img: npt.NDArray[np.uint8], order: str, dst: npt.NDArray[Any]) -> None:
-        """The one pass from resized pixels (in `order`) into the tensor memory `dst`."""
+    def _fused(
+        self, img: npt.NDArray[np.uint8], order: str, dst: npt.NDArray[Any], kernel: KernelName | None = None
+    ) -> None:
+        """The one pass from resized pixels (in `order`) into the tensor memory `dst`, by the plan's
+        kernel or, while the plan is being built, the one named."""
         lay = self.layout
-        if self.kernel == "affine":
+        kernel = kernel or self.kernel
+        if kernel == "affine":
             np.copyto(dst, img, casting="unsafe")
             cv2.transform(dst, self._affine_matrix(order), dst=dst)
             return
@@ -427,9 +467,9 @@ class ImagePlan:
             img = self._converted
         if lay.channels == 1 and img.ndim == 3:
             img = img[:, :, 0] if img.shape[2] == 1 else img
-        if self.kernel == "copy":
+        if kernel == "copy":
             np.copyto(dst, img.reshape(dst.shape))
-        elif self.kernel == "lut":
+        elif kernel == "lut":
             out = dst if lay.channels == 3 else dst.reshape(lay.height, lay.width)
             cv2.LUT(img.reshape(out.shape), self._lut, dst=out)
         else:  # planes (NCHW), or a dtype cv2.LUT does not write

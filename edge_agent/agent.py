@@ -14,7 +14,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +26,17 @@ import numpy.typing as npt
 from edge_agent import __version__
 from edge_agent.accelerator import AcceleratorWatch
 from edge_agent.background import BackgroundBuild
-from edge_agent.commands import COMMANDS, Inbox, Request
+from edge_agent.commands import (
+    COMMANDS,
+    BadCommandIdError,
+    CommandId,
+    Inbox,
+    Request,
+    busy_answer,
+    cmd_answer,
+    command_id,
+    config_rejection,
+)
 from edge_agent.config import AgentConfig, ModelConfig, load_config
 from edge_agent.errors import ConfigError, ModelError, SourceError, SourceStalledError
 from edge_agent.escalation import Escalation
@@ -145,11 +155,12 @@ class Agent:
         # opened here so that events raised from the start (model_error) are queued too
         state = Path(cfg.device.state_dir)
         self.outbox = Outbox(state / "outbox.sqlite", max_bytes=int(cfg.mqtt.outbox_max_mb * 1024 * 1024))
-        self.inbox = Inbox()
+        self.inbox = Inbox(answer_busy=self._answer_busy)
         # a snapshot is taken from the next frame while the source still lends it (frames are
-        # not copied per frame: a camera's buffer may be gone once released)
-        self._snapshot_wanted = False
-        self._mask_wanted = False  # segmentation: the next result's mask as PNG on P/D/mask
+        # not copied per frame: a camera's buffer may be gone once released); the ids of the
+        # commands waiting for it, each answered by the same snapshot
+        self._snapshot_wanted: list[CommandId | None] = []
+        self._mask_wanted: list[CommandId | None] = []  # segmentation: the next result's mask as PNG on P/D/mask
         self._frames_read = 0
         self.exit_code = 0
         g = cfg.guard
@@ -655,9 +666,17 @@ class Agent:
         for topic in (t.config_set(), *(t.group_config_set(g) for g in self.cfg.device.groups)):
             self.link.subscribe(topic, self.inbox.on_config, self.inbox.reject)
 
-    def _answer_cmd(self, name: str, ok: bool, message: str, **extra: Any) -> None:
-        payload = {"command": name, "ok": ok, "message": message, "ts": round(time.time(), 3), **extra}
-        self.link.publish(f"{self.topics.prefix}/{self.topics.device}/cmd/result", payload, qos=1)
+    def _answer_cmd(
+        self, name: str, ok: bool, message: str, ids: Sequence[CommandId | None] = (None,), **extra: Any
+    ) -> None:
+        """One answer on cmd/result per command asked (`ids`: their ids, None for a command without)."""
+        for cid in ids:
+            self.link.publish(self.topics.cmd_result, cmd_answer(name, ok, message, cid, **extra), qos=1)
+
+    def _answer_busy(self, req: Request) -> None:
+        """A request the full inbox cannot take (called from paho's thread: it only publishes)."""
+        leaf, payload = busy_answer(req, self.inbox.waiting())
+        self.link.publish(self.topics.leaf(leaf), payload, qos=1)
 
     def _serve(self, req: Request) -> None:
         if req.kind == "reject":
@@ -674,11 +693,7 @@ class Agent:
 
     def _answer_config(self, version: Any, message: str, key: str = "remote") -> None:
         """A rejected update: answered on config/result and raised as config_rejected."""
-        payload = {
-            "version": version if isinstance(version, int) and not isinstance(version, bool) else None,
-            "applied": False,
-            "errors": [{"key": key, "message": message}],
-        }
+        payload = config_rejection(version, key, message)
         self.link.publish(self.topics.config_result, payload, qos=1)
         self.raise_event(
             "config_rejected",
@@ -828,66 +843,76 @@ class Agent:
         self.link.publish(self.topics.config_state, config_state(self.cfg, self.remote.version), qos=1, retain=True)
 
     def _command(self, name: str, args: Any) -> None:
+        try:
+            cid = command_id(args)
+        except BadCommandIdError as err:
+            self._answer_cmd(name, False, str(err))
+            return
+
+        def answer(ok: bool, message: str) -> None:
+            self._answer_cmd(name, ok, message, (cid,))
+
         if name not in COMMANDS:
-            self._answer_cmd(name, False, f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
+            answer(False, f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
             return
         if name == "pause":
             self.paused = True
-            self._answer_cmd(name, True, "inference paused")
+            answer(True, "inference paused")
         elif name == "resume":
             self.paused = False
-            self._answer_cmd(name, True, "inference resumed")
+            answer(True, "inference resumed")
         elif name == "selftest":
             if self.pipeline is None:
-                self._answer_cmd(name, False, "no model loaded")
+                answer(False, "no model loaded")
                 return
             try:
                 outcome = self.pipeline.selftest()
             except ModelError as err:
-                self._answer_cmd(name, False, str(err))
+                answer(False, str(err))
                 return
             if isinstance(outcome, Inference):
-                self._answer_cmd(name, True, "self-test passed the guard")
+                answer(True, "self-test passed the guard")
             elif isinstance(outcome, Fault):
-                self._answer_cmd(name, False, f"self-test failed: {outcome.fault.kind}: {outcome.fault.message}")
+                answer(False, f"self-test failed: {outcome.fault.kind}: {outcome.fault.message}")
             else:
-                self._answer_cmd(name, False, f"self-test skipped: {outcome.message}")
+                answer(False, f"self-test skipped: {outcome.message}")
         elif name == "reload":
             self._set_pipeline(None)
             self._next_model_try = 0.0
             self._model_stamp = None
             self._try_load_model(time.monotonic())
             ok = self.pipeline is not None
-            self._answer_cmd(name, ok, "model reloaded" if ok else "reload failed: see the model_error event")
+            answer(ok, "model reloaded" if ok else "reload failed: see the model_error event")
         elif name == "mask":
             if self.pipeline is None or self.pipeline.segmenter is None:
-                self._answer_cmd(name, False, "the model is not a segmentation model (model.task)")
+                answer(False, "the model is not a segmentation model (model.task)")
             elif self.paused or self.source is None or self._source_done:
-                self._answer_cmd(name, False, "no frames are flowing (paused, finished or degraded)")
+                answer(False, "no frames are flowing (paused, finished or degraded)")
             else:
-                self._mask_wanted = True  # answered by `_publish_mask` after the next result
+                self._mask_wanted.append(cid)  # answered by `_publish_mask` after the next result
         else:  # snapshot: the next frame as JPEG on P/D/snapshot
             if self.paused or self.source is None or self.pipeline is None or self._source_done:
-                self._answer_cmd(name, False, "no frames are flowing (paused, finished or degraded)")
+                answer(False, "no frames are flowing (paused, finished or degraded)")
                 return
-            self._snapshot_wanted = True  # answered by `_take_snapshot` on the next frame
+            self._snapshot_wanted.append(cid)  # answered by `_take_snapshot` on the next frame
 
     def _take_snapshot(self, frame: Frame) -> None:
-        self._snapshot_wanted = False
+        ids, self._snapshot_wanted = self._snapshot_wanted, []
         if frame.pixels is None:
-            self._answer_cmd("snapshot", False, "the source delivers sensor rows, not images")
+            self._answer_cmd("snapshot", False, "the source delivers sensor rows, not images", ids)
             return
         pixels = frame.pixels if frame.order != "rgb" else cv2.cvtColor(frame.pixels, cv2.COLOR_RGB2BGR)
         limit = self.cfg.service.snapshot_max_kb * 1024
         shot = encode_within(pixels, limit)
         if shot is None:
-            self._answer_cmd("snapshot", False, f"the frame does not fit service.snapshot_max_kb ({limit} bytes)")
+            self._answer_cmd("snapshot", False, f"the frame does not fit service.snapshot_max_kb ({limit} bytes)", ids)
             return
         self.link.publish(f"{self.topics.prefix}/{self.topics.device}/snapshot", shot.jpeg, qos=0)
         self._answer_cmd(
             "snapshot",
             True,
             "snapshot published",
+            ids,
             bytes=len(shot.jpeg),
             width=shot.width,
             height=shot.height,
@@ -897,19 +922,19 @@ class Agent:
 
     def _publish_mask(self, frame: Frame) -> None:
         """The mask of the result just published, as PNG on P/D/mask (see postprocess/segmentation.py)."""
-        self._mask_wanted = False
+        ids, self._mask_wanted = self._mask_wanted, []
         seg = self.pipeline.segmenter if self.pipeline is not None else None
         if seg is None:
-            self._answer_cmd("mask", False, "the model is not a segmentation model (model.task)")
+            self._answer_cmd("mask", False, "the model is not a segmentation model (model.task)", ids)
             return
         try:
             png, width, height = seg.mask_png()
         except ValueError as err:
-            self._answer_cmd("mask", False, str(err))
+            self._answer_cmd("mask", False, str(err), ids)
             return
         self.link.publish(f"{self.topics.prefix}/{self.topics.device}/mask", png, qos=0)
         self._answer_cmd(
-            "mask", True, "mask published", bytes=len(png), width=width, height=height, frame_seq=frame.seq
+            "mask", True, "mask published", ids, bytes=len(png), width=width, height=height, frame_seq=frame.seq
         )
 
     def _watchdog(self, now: float) -> None:

@@ -37,6 +37,14 @@ class Topics:
     def config_result(self) -> str:
         return self._t("config/result")
 
+    @property
+    def cmd_result(self) -> str:
+        return self._t("cmd/result")
+
+    def leaf(self, name: str) -> str:
+        """P/D/<name>, for a leaf named at run time (e.g. the answer `busy_answer` chose)."""
+        return self._t(name)
+
     def config_set(self) -> str:
         return self._t("config/set")
 

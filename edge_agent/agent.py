@@ -983,7 +983,12 @@ class Agent:
         if fps:
             wait = self._last_frame_at + 1.0 / fps - time.monotonic()
             if wait > 0:
-                self._idle(wait)
+                # the frame in flight is concluded first: its result must not wait for the next
+                # frame's slot (there is time to spare, so nothing is gained by overlapping)
+                self._complete_inflight()
+                wait = self._last_frame_at + 1.0 / fps - time.monotonic()
+                if wait > 0:
+                    self._idle(wait)
         self._last_frame_at = time.monotonic()
 
     def _handle(self, frame: Frame) -> None:

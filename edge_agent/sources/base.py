@@ -22,8 +22,10 @@ class Frame:
     """
 
     seq: int
-    ts: float  # wall clock, seconds since the epoch
-    mono: float  # time.monotonic() at capture, for latencies
+    # wall clock, seconds since the epoch: the capture time of a camera's or a stream's frame; for
+    # files, folders, CSV rows, WAV windows and topics, the moment the agent took it (CaptureThread)
+    ts: float
+    mono: float  # time.monotonic() at the same moment, for latencies
     source: str
     pixels: npt.NDArray[np.uint8] | None = None
     order: PixelOrder = "bgr"

@@ -8,7 +8,8 @@ Two policies, by the kind of source:
 - "every" for sources whose every item matters (files, folders, CSV rows, MQTT sensor rows, which
   the `mqtt` source queues itself with a bound): the thread reads one
   item ahead and waits until it is taken, so decoding the next file overlaps inference of the
-  current one and nothing is skipped.
+  current one and nothing is skipped. The frame's `ts` and `mono` are then the moment it is
+  taken (read ahead is not capture); a live source's are its capture time.
 
 Problems with one input (`SourceProblem`) are passed on in order, never replaced. A
 `SourceError` raised by the source ends the thread and is raised by `take()`; so is an
@@ -24,6 +25,7 @@ import math
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Literal
 
 from edge_agent.errors import SourceError
@@ -159,6 +161,10 @@ class CaptureThread:
             if self._ready is not None:
                 frame, self._ready = self._ready, None
                 self._cond.notify_all()
+                if self.policy == "every":
+                    # read ahead is not capture: a file's, a row's or a message's time is when the
+                    # agent takes it, else its latency would count the wait behind the frame before
+                    frame = replace(frame, ts=time.time(), mono=time.monotonic())
                 return frame
             if self._error is not None:
                 raise self._error

@@ -206,7 +206,16 @@ class Agent:
             "model": model,
             "interpreter": self.interpreter_name,
             "since": round(self.since, 3),
+            # SPEC fixes `state`; a paused agent is online but publishes nothing, which a consumer
+            # must be able to tell from a stuck one
+            "paused": self.paused,
         }
+
+    def _set_paused(self, paused: bool) -> None:
+        if paused != self.paused:
+            self.paused = paused
+            self.link.publish_status(self.state)
+            self._next_stats = 0.0  # the stats say so at once too
 
     def _set_state(self, state: str) -> None:
         # the link republishes the status on every (re)connect; here only changes go out
@@ -399,63 +408,81 @@ class Agent:
 
         signal.signal(signal.SIGHUP, hup)
 
-    def _reload(self) -> None:
-        """SIGHUP: re-read the config file. An invalid file is logged and the running config kept;
-        parts that cannot change without a restart (the broker link, the device id) are named."""
+    def _reload(self, *, asked_by: str = "SIGHUP") -> tuple[bool, str]:
+        """SIGHUP and `cmd/reload`, one path: re-read the config file (if the agent has one) and
+        the model, both built and self-tested before anything is swapped, so an invalid file or a
+        model that is missing, corrupt or fails its self-test changes nothing: the running config
+        and model stay. Parts that cannot change without a restart (the broker link, the device
+        id) are named. Returns whether it took, and the one line that says so."""
         self._reload_requested = False
         self._complete_inflight()
-        if self.config_path is None:
-            log.warning("SIGHUP: no config file to re-read")
-            return
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
+            ok, message = self._reload_now()
+        finally:
+            self.notifier.send("READY=1", f"STATUS={self._status_text()}")
+        if ok:
+            log.info("%s: %s", asked_by, message)
+        else:
+            self.raise_event("config_rejected", "warning", f"{asked_by}: {message}", {"reason": "reload_failed"})
+        return ok, message
+
+    def _reload_now(self) -> tuple[bool, str]:
+        new = self.cfg
+        file_cfg = self.remote.file_cfg
+        if self.config_path is not None:
             try:
-                new = load_config(self.config_path)
+                file_cfg = load_config(self.config_path)
             except ConfigError as err:
-                msg = f"config reload from {self.config_path} failed, keeping the running config: " + "; ".join(
-                    err.problems
+                return False, (
+                    f"config reload from {self.config_path} failed, keeping the running config: "
+                    + "; ".join(err.problems)
                 )
-                self.raise_event("config_rejected", "warning", msg, {"problems": err.problems})
-                return
             restart_only = ("mqtt", "device", "homeassistant", "metrics")
-            kept = [name for name in restart_only if getattr(new, name) != getattr(self.cfg, name)]
+            kept = [name for name in restart_only if getattr(file_cfg, name) != getattr(self.cfg, name)]
             if kept:
                 log.warning(
                     "config reload: [%s] changed; that takes a restart, the running values are kept", ", ".join(kept)
                 )
-                new = new.model_copy(update={name: getattr(self.cfg, name) for name in restart_only})
-            file_cfg = new
+                file_cfg = file_cfg.model_copy(update={name: getattr(self.cfg, name) for name in restart_only})
+            new = file_cfg
             if self.remote.applied.overlay:  # the applied remote update stays on top of the new file
                 try:
                     new = build_config(file_cfg, self.remote.applied.overlay)
                 except UpdateRejectedError as err:
-                    self.raise_event(
-                        "config_rejected",
-                        "warning",
+                    return False, (
                         f"config reload: the applied update {self.remote.version} does not fit the new file "
-                        f"({err}), keeping the running config",
+                        f"({err}), keeping the running config"
                     )
-                    return
-            pipeline = self.pipeline
-            if self.pipeline is not None and any(
-                getattr(new, s) != getattr(self.cfg, s) for s in ("model", "preprocess", "postprocess", "guard")
-            ):
-                try:
-                    pipeline = Pipeline.load(
-                        new, backend_factory=self._backend_factory
-                    )  # built first: a failure changes nothing
-                except ModelError as err:
-                    self.raise_event(
-                        "config_rejected",
-                        "warning",
-                        f"config reload: the new model cannot be used, keeping the running config: {err}",
-                    )
-                    return
-            self.remote.file_cfg = file_cfg
-            self._adopt_config(new, pipeline)
-            log.info("config reloaded from %s", self.config_path)
-        finally:
-            self.notifier.send("READY=1", f"STATUS={self._status_text()}")
+        # the model is built again too (a file replaced in place is picked up, a wedged interpreter
+        # is renewed), and self-tested before the swap: a failure changes nothing
+        running = self.pipeline
+        try:
+            pipeline = self._build_checked(new)
+        except ModelError as err:
+            what = "keeping the running model" if running is not None else "no model is running"
+            return False, f"the model cannot be used, {what} and the running config: {err}"
+        self._model_stamp = ModelStamp.of(new.model.path)
+        self.remote.file_cfg = file_cfg
+        self._adopt_config(new, pipeline)
+        if pipeline is not None and self.source is not None:
+            self._set_state("online")
+        source = f" from {self.config_path}" if self.config_path is not None else ""
+        return True, f"config{source} and model {pipeline.model.name} reloaded"
+
+    def _build_checked(self, cfg: AgentConfig) -> Pipeline:
+        """A pipeline for `cfg` whose self-test passed the guard, or ModelError (nothing is kept)."""
+        pipeline = Pipeline.load(cfg, backend_factory=self._backend_factory)
+        try:
+            outcome = pipeline.selftest()
+        except ModelError:
+            pipeline.close()
+            raise
+        if isinstance(outcome, Fault):
+            pipeline.close()
+            f = outcome.fault
+            raise ModelError(f"the self-test did not pass the guard ({f.kind}: {f.message})", reason="selftest_failed")
+        return pipeline
 
     def _adopt_config(self, new: AgentConfig, pipeline: Pipeline | None) -> None:
         """Make `new` the running config, with its pipeline built beforehand (between two frames)."""
@@ -856,10 +883,10 @@ class Agent:
             answer(False, f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
             return
         if name == "pause":
-            self.paused = True
+            self._set_paused(True)
             answer(True, "inference paused")
         elif name == "resume":
-            self.paused = False
+            self._set_paused(False)
             answer(True, "inference resumed")
         elif name == "selftest":
             if self.pipeline is None:
@@ -877,12 +904,8 @@ class Agent:
             else:
                 answer(False, f"self-test skipped: {outcome.message}")
         elif name == "reload":
-            self._set_pipeline(None)
-            self._next_model_try = 0.0
-            self._model_stamp = None
-            self._try_load_model(time.monotonic())
-            ok = self.pipeline is not None
-            answer(ok, "model reloaded" if ok else "reload failed: see the model_error event")
+            # the same path as SIGHUP: the config file and the model again, the running ones kept on failure
+            answer(*self._reload(asked_by="cmd/reload"))
         elif name == "mask":
             if self.pipeline is None or self.pipeline.segmenter is None:
                 answer(False, "the model is not a segmentation model (model.task)")
@@ -1360,7 +1383,9 @@ class Agent:
             "on_disk": depth.on_disk,
             "in_flight": self.sender.in_flight,
         }
-        snap = self.stats.snapshot(state=self.state, broker_connected=self.link.connected, outbox=outbox)
+        snap = self.stats.snapshot(
+            state=self.state, paused=self.paused, broker_connected=self.link.connected, outbox=outbox
+        )
         if self.metrics is not None:  # first: a scrape after the stats message never gets an older one
             self.metrics.update(snap)
         self.link.publish(self.topics.stats, snap, qos=0, retain=True)

@@ -161,3 +161,61 @@ def test_command_ids_are_echoed_within_limits() -> None:
     for bad in ("", "x" * 129, 10**30, True, 1.5, ["a"]):
         with pytest.raises(BadCommandIdError, match="id must be"):
             command_id({"id": bad})
+
+
+def test_reload_keeps_the_running_model_when_the_new_file_is_missing_or_corrupt_and_pause_shows_in_status(
+    tmp_path: Path, mosquitto: LocalBroker, device: str, col: Collector
+) -> None:
+    """cmd/reload takes SIGHUP's path: the model is built and self-tested before the swap, so a
+    model file gone or broken on disk leaves the running one working (was: `reload failed`,
+    degraded, no results). A paused agent says so in its status and stats."""
+    model = tmp_path / "digits.tflite"
+    good = (BUNDLED / "digits_uint8.tflite").read_bytes()
+    model.write_bytes(good)
+    cfg = write_config(
+        tmp_path,
+        device=device,
+        port=mosquitto.port,
+        sections={
+            "source": {"kind": "images", "path": str(BUNDLED / "digits_frames"), "loop": True, "fps": 20},
+            "model": {"path": str(model), "interpreter": INTERPRETER},
+            "service": {"stats_interval_s": 1},
+        },
+    )
+    base = f"edge/{device}"
+
+    def command(name: str, cid: str) -> dict[str, Any]:
+        mark = col.mark()
+        publish(mosquitto.port, f"{base}/cmd/{name}", {"id": cid})
+        ans = col.wait_for(lambda m: m.leaf == "cmd/result" and m.payload.get("id") == cid, 20, cid, start=mark)
+        return dict(ans.payload)
+
+    with AgentProcess(cfg) as agent:
+        col.wait_for(lambda m: m.leaf == "results", 30, "results")
+        running = col.mark()
+        for i, breakage in enumerate((b"", good[: len(good) // 2], b"TFL3" + bytes(200))):
+            model.write_bytes(breakage)
+            ans = command("reload", f"broken-{i}")
+            assert ans["ok"] is False and "keeping the running model" in ans["message"], ans
+            mark = col.mark()
+            col.wait_for(lambda m: m.leaf == "results", 10, "results go on with the running model", start=mark)
+        model.unlink()
+        ans = command("reload", "missing")
+        assert ans["ok"] is False and "keeping the running model" in ans["message"], ans
+        statuses = [m.payload for m in col.snapshot()[running:] if m.leaf == "status"]
+        assert all(s["state"] == "online" for s in statuses), "a failed reload degraded the agent"
+        model.write_bytes(good)
+        ans = command("reload", "good")
+        assert ans["ok"] is True and "digits.tflite reloaded" in ans["message"], ans
+        mark = col.mark()
+        col.wait_for(lambda m: m.leaf == "results", 10, "results after the reload", start=mark)
+
+        assert command("pause", "p")["ok"] is True
+        st = col.wait_for(lambda m: m.leaf == "status" and m.payload.get("paused") is True, 10, "status paused")
+        assert st.payload["state"] == "online"
+        validate("status", st.payload)
+        stats = col.wait_for(lambda m: m.leaf == "stats" and m.payload.get("paused") is True, 10, "stats paused")
+        validate("stats", stats.payload)
+        assert command("resume", "r")["ok"] is True
+        col.wait_for(lambda m: m.leaf == "status" and m.payload.get("paused") is False, 10, "status resumed")
+        assert agent.running()

@@ -39,10 +39,10 @@ import numpy as np
 from edge_agent.agent import Agent
 from edge_agent.broker import LocalBroker, free_port, port_answers, start_mosquitto
 from edge_agent.config import AgentConfig
+from edge_agent.core.lease import Lease
 from edge_agent.pipeline import Inference
 from edge_agent.runtime.loader import LoadedModel, load_model
 from edge_agent.sources.base import Frame, FrameSource
-from edge_agent.sources.capture import CaptureThread
 from edge_agent.stats import rss_mb
 
 log = logging.getLogger(__name__)
@@ -109,11 +109,10 @@ class BenchAgent(Agent):
         source_factory: Callable[[], FrameSource] | None = None,
         on_result: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        super().__init__(cfg, on_result=on_result)
+        super().__init__(cfg, on_result=on_result, source_factory=source_factory)
         self.frames, self.warmup, self.trace_alloc = frames, warmup, trace_alloc
         self.window = Window()
         self.done = threading.Event()
-        self._source_factory = source_factory
         self._wait_s = 0.0
         self._last_wait_s = 0.0
         self._invoke_cpu = 0.0
@@ -121,6 +120,8 @@ class BenchAgent(Agent):
         self._n = 0
         self._wrapped: set[int] = set()
         self._frame_mark = 0
+        self._time_take()
+        self._time_publish()
 
     # ---- the clocks -----------------------------------------------------------------------
     def _marks(self) -> Marks:
@@ -133,19 +134,8 @@ class BenchAgent(Agent):
             rss_mb(),
         )
 
-    def _try_open_source(self, now: float) -> None:
-        if self._source_factory is None:
-            super()._try_open_source(now)
-        else:
-            src = self._source_factory()
-            self.source = CaptureThread(src, "latest" if getattr(src, "live", False) else "every")
-            if self.pipeline is not None:
-                self._set_state("online")
-        if self.source is not None:
-            self._time_take(self.source)
-
-    def _time_take(self, capture: CaptureThread) -> None:
-        take = capture.take
+    def _time_take(self) -> None:
+        take = self.sources.take
 
         def timed(timeout: float) -> Any:
             t0 = time.perf_counter()
@@ -154,7 +144,17 @@ class BenchAgent(Agent):
             finally:
                 self._wait_s += time.perf_counter() - t0
 
-        capture.take = timed  # type: ignore[method-assign]
+        self.sources.take = timed  # type: ignore[method-assign,assignment]
+
+    def _time_publish(self) -> None:
+        publish = self.publisher.publish_result
+
+        def timed(frame: Frame, inf: Inference, pipeline: Any) -> None:
+            t0 = time.perf_counter()
+            publish(frame, inf, pipeline)
+            self._published(frame, inf, t0, time.perf_counter())
+
+        self.publisher.publish_result = timed  # type: ignore[method-assign]
 
     def _time_invoke(self, model: Any) -> None:
         if id(model) in self._wrapped:
@@ -172,17 +172,14 @@ class BenchAgent(Agent):
 
         model.invoke = timed
 
-    def _handle(self, frame: Frame) -> None:
+    def _handle(self, lease: Lease) -> None:
         # the wait that ended with this frame (timeouts that returned nothing included)
         self._last_wait_s, self._wait_s = self._wait_s, 0.0
         if self.pipeline is not None:
             self._time_invoke(self.pipeline.model)
-        super()._handle(frame)
+        super()._handle(lease)
 
-    def _publish_result(self, frame: Frame, inf: Inference) -> None:
-        t0 = time.perf_counter()
-        super()._publish_result(frame, inf)
-        t1 = time.perf_counter()
+    def _published(self, frame: Frame, inf: Inference, t0: float, t1: float) -> None:
         self._n += 1
         w = self.window
         if self._n == self.warmup:

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.core.lease import Lease
 from edge_agent.errors import ModelError
 from edge_agent.pipeline import Pipeline, Staged
 from edge_agent.runtime.loader import LoadedModel
 from edge_agent.runtime.worker import WorkerModel
-from edge_agent.sources.capture import CaptureThread
 
 # how long submit() waits for the thread to be inside invoke() (it is there within ~0.1 ms; the
 # bound only keeps a stalled thread from stalling the loop)
@@ -126,9 +126,9 @@ class InvokeThread:
 
 @dataclass(frozen=True)
 class Inflight:
-    """The frame in invoke(): what it was staged by, run on, and lent from."""
+    """The frame in invoke(): what it was staged by, run on, and the lease it is held on."""
 
     staged: Staged
     pipeline: Pipeline
     invoker: InvokeThread
-    source: CaptureThread
+    lease: Lease

@@ -14,6 +14,7 @@ from conftest import BUNDLED, INTERPRETER
 
 from edge_agent.agent import Agent
 from edge_agent.config import parse_config
+from edge_agent.core.lease import Lease
 from edge_agent.sources.base import Frame, Stamp
 from edge_agent.sources.capture import CaptureThread
 
@@ -52,16 +53,16 @@ def test_a_result_is_published_before_the_loop_waits_for_the_next_slot(
     taken: list[int] = []
     concluded: list[int] = []
     waits: list[tuple[int, int]] = []  # (frames taken, frames concluded) whenever the pacing waits
-    handle, conclude, idle, pace = agent._handle, agent._conclude, agent._idle, agent._pace
+    handle, publish, idle, pace = agent._handle, agent.publisher.publish_result, agent._idle, agent._pace
     in_pace = threading.local()
 
-    def handle_spy(frame: Frame) -> None:
-        taken.append(frame.seq)
-        handle(frame)
+    def handle_spy(lease: Lease) -> None:
+        taken.append(lease.frame.seq)
+        handle(lease)
 
-    def conclude_spy(frame: Frame, outcome: Any) -> None:
+    def publish_spy(frame: Frame, inf: Any, pipeline: Any) -> None:
         concluded.append(frame.seq)
-        conclude(frame, outcome)
+        publish(frame, inf, pipeline)
 
     def pace_spy() -> None:
         in_pace.on = True
@@ -76,7 +77,7 @@ def test_a_result_is_published_before_the_loop_waits_for_the_next_slot(
         idle(seconds)
 
     agent._handle = handle_spy  # type: ignore[method-assign]
-    agent._conclude = conclude_spy  # type: ignore[method-assign]
+    agent.publisher.publish_result = publish_spy  # type: ignore[method-assign]
     agent._pace = pace_spy  # type: ignore[method-assign]
     agent._idle = idle_spy  # type: ignore[method-assign]
     assert agent.run() == 0

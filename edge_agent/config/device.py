@@ -7,6 +7,7 @@ import socket
 from pydantic import Field, field_validator
 
 from edge_agent.config._base import TOPIC_SEGMENT, Section
+from edge_agent.config._types import PathStr
 
 
 def _hostname_id() -> str:
@@ -19,7 +20,7 @@ def _hostname_id() -> str:
 class DeviceConfig(Section):
     id: str = Field(default_factory=_hostname_id, description="device id used in topics")
     groups: tuple[str, ...] = ()
-    state_dir: str = "/var/lib/edge-agent"
+    state_dir: PathStr = "/var/lib/edge-agent"
 
     @field_validator("id")
     @classmethod

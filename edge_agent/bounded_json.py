@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from edge_agent.bounded import quote_part
 
 MAX_NUMBER_CHARS = 40  # digits of an integer, characters of a float: beyond 128 bits, far beyond any real use
+# a float written out in full (the exact decimal of a double has up to ~770 digits): for readers
+# that take every number as a float and say themselves what is out of range
+MAX_FLOAT_TEXT_CHARS = 1000
 MAX_DEPTH = 32  # nesting of objects and arrays (a command or an update is 3-5 levels deep)
 
 
@@ -24,28 +28,30 @@ class JsonLimitError(ValueError):
     subject: "message " + str(err) reads "message is not valid JSON: ..."."""
 
 
-def _int(text: str) -> int:
-    digits = len(text.lstrip("-"))
-    if digits > MAX_NUMBER_CHARS:
-        raise JsonLimitError(
-            f"holds an integer of {digits} digits ({quote_part(text, 24)}): at most {MAX_NUMBER_CHARS} are accepted"
-        )
-    return int(text)
+def _int_parser(limit: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        digits = len(text.lstrip("-"))
+        if digits > limit:
+            raise JsonLimitError(
+                f"holds an integer of {digits} digits ({quote_part(text, 24)}): at most {limit} are accepted"
+            )
+        return int(text)
+
+    return parse
 
 
-def _float(text: str) -> float:
-    if len(text) > MAX_NUMBER_CHARS:
-        raise JsonLimitError(
-            f"holds a number of {len(text)} characters ({quote_part(text, 24)}): at most {MAX_NUMBER_CHARS} are accepted"
-        )
-    return float(text)
+def _float_parser(limit: int, *, finite: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        if len(text) > limit:
+            raise JsonLimitError(
+                f"holds a number of {len(text)} characters ({quote_part(text, 24)}): at most {limit} are accepted"
+            )
+        value = float(text)
+        if finite and not math.isfinite(value):  # 1e999 parses as inf
+            raise JsonLimitError(f"holds the number {quote_part(text, 24)}, out of a double's range")
+        return value
 
-
-def _finite_float(text: str) -> float:
-    value = _float(text)
-    if not math.isfinite(value):  # 1e999 parses as inf
-        raise JsonLimitError(f"holds the number {text}, out of a double's range")
-    return value
+    return parse
 
 
 def _constant(name: str) -> Any:
@@ -69,16 +75,22 @@ def depth_exceeds(value: Any, max_depth: int) -> bool:
     return False
 
 
-def loads_bounded(text: str | bytes, *, max_depth: int = MAX_DEPTH, finite: bool = False) -> Any:
+def loads_bounded(
+    text: str | bytes, *, max_depth: int = MAX_DEPTH, max_number_chars: int = MAX_NUMBER_CHARS, finite: bool = False
+) -> Any:
     """`json.loads` with bounded numbers and nesting; JsonLimitError (one line) for anything else.
 
-    `finite`: refuse NaN, Infinity and numbers beyond a double's range here; otherwise they come
-    back as floats and the reader says what it thinks of them (an update names the key)."""
+    `max_number_chars`: the longest integer (in digits) or float (in characters) taken; a reader
+    that turns numbers into floats may allow up to MAX_FLOAT_TEXT_CHARS and judge the value
+    itself. `finite`: refuse NaN, Infinity and numbers beyond a double's range here; otherwise
+    they come back as floats and the reader says what it thinks of them (an update names the key)."""
     try:
-        if finite:
-            value = json.loads(text, parse_int=_int, parse_float=_finite_float, parse_constant=_constant)
-        else:
-            value = json.loads(text, parse_int=_int, parse_float=_float)
+        value = json.loads(
+            text,
+            parse_int=_int_parser(max_number_chars),
+            parse_float=_float_parser(max_number_chars, finite=finite),
+            parse_constant=_constant if finite else float,  # float("NaN"): json's own default
+        )
     except JsonLimitError:
         raise
     except json.JSONDecodeError as err:

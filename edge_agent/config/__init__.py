@@ -99,7 +99,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         for k in keys[:-1]:
             node = node.get(k) if isinstance(node, dict) else None
         last = keys[-1]
-        if isinstance(node, dict) and isinstance(node.get(last), str):
+        # an empty path stays empty: resolved, it would name the config's own folder
+        if isinstance(node, dict) and isinstance(node.get(last), str) and node[last].strip():
             value = node[last]
             # globs and absolute paths stay as written; "~" is the user's home
             p = Path(value).expanduser()

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import paho.mqtt.client as mqtt
 
-from edge_agent.bounded_json import JsonLimitError, loads_bounded
+from edge_agent.bounded_json import MAX_FLOAT_TEXT_CHARS, JsonLimitError, loads_bounded
 from edge_agent.config import MqttConfig, SourceConfig
 from edge_agent.mqtt.link import connect_async, describe_connect_error, load_credentials, load_tls, make_client
 from edge_agent.sources.base import MAX_WAIT_S, NO_FRAME_YET, Frame, NoFrameYet, SourceProblem, Stamp
@@ -73,7 +73,9 @@ class RowParser:
         except UnicodeDecodeError as err:
             return f"message is not UTF-8 text (byte {err.start})"
         try:
-            doc = loads_bounded(text)  # numbers and nesting within limits (a 5,000-digit integer)
+            # numbers and nesting within limits (a 5,000-digit integer is a reason, not a ValueError);
+            # every value becomes a float, whose range is judged below
+            doc = loads_bounded(text, max_number_chars=MAX_FLOAT_TEXT_CHARS)
         except JsonLimitError as err:
             return f"message {err}"
         if isinstance(doc, list):

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import re
 from typing import Any
+
+import numpy as np
 
 from edge_agent.bounded import quote_part
 
-MAX_NUMBER_CHARS = 40  # digits of an integer, characters of a float: beyond 128 bits, far beyond any real use
-# a float written out in full (the exact decimal of a double has up to ~770 digits): for readers
+MAX_NUMBER_CHARS = 40  # digits in a row in a number: beyond 128 bits or a double's 17 digits, far beyond real use
+# a double written out in full (its exact decimal has up to ~770 digits): for readers
 # that take every number as a float and say themselves what is out of range
 MAX_FLOAT_TEXT_CHARS = 1000
 MAX_DEPTH = 32  # nesting of objects and arrays (a command or an update is 3-5 levels deep)
@@ -28,51 +30,49 @@ class JsonLimitError(ValueError):
     subject: "message " + str(err) reads "message is not valid JSON: ..."."""
 
 
-def _int_parser(limit: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        digits = len(text.lstrip("-"))
-        if digits > limit:
-            raise JsonLimitError(
-                f"holds an integer of {digits} digits ({quote_part(text, 24)}): at most {limit} are accepted"
-            )
-        return int(text)
-
-    return parse
+# a JSON string, escapes included (the unrolled form: no backtracking); what is outside all of
+# them is numbers, literals, brackets and punctuation
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_DIGIT_MASK = bytes(0x30 if 0x30 <= c <= 0x39 else 0x20 for c in range(256))
 
 
-def _float_parser(limit: int, *, finite: bool) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        if len(text) > limit:
-            raise JsonLimitError(
-                f"holds a number of {len(text)} characters ({quote_part(text, 24)}): at most {limit} are accepted"
-            )
-        value = float(text)
-        if finite and not math.isfinite(value):  # 1e999 parses as inf
-            raise JsonLimitError(f"holds the number {quote_part(text, 24)}, out of a double's range")
-        return value
-
-    return parse
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise JsonLimitError(f"holds the number {quote_part(text, 24)}, out of a double's range")
+    return value
 
 
 def _constant(name: str) -> Any:
     raise JsonLimitError(f"holds {name}, not a finite number")
 
 
-def depth_exceeds(value: Any, max_depth: int) -> bool:
-    """Whether `value` nests objects/arrays deeper than `max_depth` (iterative: no stack of its own)."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list | tuple):
-            children = node
-        else:
-            continue
-        if depth + 1 > max_depth:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
+def _long_number(outside: bytes, limit: int) -> str | None:
+    """Why a number in the text (strings blanked out) is too long, or None."""
+    digits = outside.translate(_DIGIT_MASK)  # digits → "0", the rest → " ": a plain substring search
+    at = digits.find(b"0" * (limit + 1))
+    if at < 0:
+        return None
+    end = digits.find(b" ", at)
+    run = outside[at : end if end >= 0 else len(outside)].decode("ascii")
+    return f"holds a number of {len(run)} digits ({quote_part(run, 24)}): at most {limit} are accepted"
+
+
+def _depth(outside: bytes) -> int:
+    """How deep the brackets (of a valid document, strings blanked out) nest: the running sum of
+    +1 per opening and -1 per closing bracket, at its highest."""
+    brackets = outside.translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1).astype(np.int32)
+    return int(np.cumsum(steps, dtype=np.int32).max())
+
+
+def _outside_strings(text: str) -> bytes:
+    # outside its strings valid JSON is ASCII; of anything else, each character stays one byte
+    return _STRING.sub('""', text).encode("ascii", "replace")
 
 
 def loads_bounded(
@@ -80,16 +80,24 @@ def loads_bounded(
 ) -> Any:
     """`json.loads` with bounded numbers and nesting; JsonLimitError (one line) for anything else.
 
-    `max_number_chars`: the longest integer (in digits) or float (in characters) taken; a reader
-    that turns numbers into floats may allow up to MAX_FLOAT_TEXT_CHARS and judge the value
-    itself. `finite`: refuse NaN, Infinity and numbers beyond a double's range here; otherwise
-    they come back as floats and the reader says what it thinks of them (an update names the key)."""
+    `max_number_chars`: the longest run of digits in a number (an integer, a mantissa, a
+    fraction); a reader that turns every number into a float may allow up to
+    MAX_FLOAT_TEXT_CHARS and judge the value itself. `finite`: refuse NaN, Infinity and numbers
+    beyond a double's range here; otherwise they come back as floats and the reader says what it
+    thinks of them (an update names the key).
+
+    The document is parsed by json's C scanner as it is (per-number Python hooks would cost ten
+    times the parse on a message of small numbers), then its text, strings blanked out, is
+    checked for long numbers and nesting, both in C (bytes.translate/find, numpy)."""
+    if isinstance(text, bytes | bytearray):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise JsonLimitError(f"is not UTF-8 text (byte {err.start})") from None
     try:
+        # None: json's own C conversions (NaN and Infinity taken as floats)
         value = json.loads(
-            text,
-            parse_int=_int_parser(max_number_chars),
-            parse_float=_float_parser(max_number_chars, finite=finite),
-            parse_constant=_constant if finite else float,  # float("NaN"): json's own default
+            text, parse_float=_finite_float if finite else None, parse_constant=_constant if finite else None
         )
     except JsonLimitError:
         raise
@@ -97,8 +105,13 @@ def loads_bounded(
         raise JsonLimitError(f"is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
     except RecursionError:  # thousands of nested brackets: the parser's stack gave up first
         raise JsonLimitError(f"is nested too deeply (more than {max_depth} levels)") from None
-    except ValueError as err:  # anything else the parser raises on hostile input, in one line
-        raise JsonLimitError(f"is not valid JSON: {quote_part(str(err))}") from None
-    if depth_exceeds(value, max_depth):
+    except ValueError as err:  # Python's int-parsing limit (4,300 digits), or another refusal of the parser
+        why = _long_number(_outside_strings(text), max_number_chars)
+        raise JsonLimitError(why or f"is not valid JSON: {quote_part(str(err))}") from None
+    outside = _outside_strings(text)  # valid JSON now: the string pattern is exact
+    why = _long_number(outside, max_number_chars)
+    if why is not None:
+        raise JsonLimitError(why)
+    if _depth(outside) > max_depth:
         raise JsonLimitError(f"is nested too deeply (more than {max_depth} levels)")
     return value

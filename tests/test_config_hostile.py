@@ -181,7 +181,7 @@ def test_the_agents_own_records_are_read_within_bounds(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('{"postprocess": {"top_k": ' + "9" * 5000 + "}}", "holds an integer of 5000 digits"),
+        ('{"postprocess": {"top_k": ' + "9" * 5000 + "}}", "holds a number of 5000 digits"),
         ('{"postprocess": {"threshold": 1e999}}', "out of a double's range"),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
         ('{"postprocess": {"include_labels": ["a\\u0000"]}}', "holds a NUL byte"),

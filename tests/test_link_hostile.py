@@ -107,7 +107,7 @@ def test_a_5000_digit_integer_is_a_one_line_rejection(
         publish(mosquitto.port, f"edge/{device}/cmd/selftest", huge)
         ans = col.wait_for(lambda m: m.leaf == "cmd/result", 15, "the rejection", start=mark).payload
         assert ans["command"] == "selftest" and ans["ok"] is False, ans
-        assert ans["message"].startswith("rejected: message holds an integer of 5000 digits"), ans
+        assert ans["message"].startswith("rejected: message holds a number of 5000 digits"), ans
         assert "\n" not in ans["message"] and len(ans["message"]) < 200, ans
         mark = col.mark()
         publish(mosquitto.port, f"edge/{device}/config/set", huge)
@@ -126,13 +126,14 @@ def test_a_5000_digit_integer_is_a_one_line_rejection(
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("9" * (MAX_NUMBER_CHARS + 1), f"holds an integer of {MAX_NUMBER_CHARS + 1} digits"),
-        ("-" + "9" * 5000, "holds an integer of 5000 digits"),
-        ("0." + "1" * 5000, "holds a number of 5002 characters"),
+        ("9" * (MAX_NUMBER_CHARS + 1), f"holds a number of {MAX_NUMBER_CHARS + 1} digits"),
+        ("-" + "9" * 5000, "holds a number of 5000 digits"),
+        ("[1, 0." + "1" * 5000 + "]", "holds a number of 5000 digits"),
+        ('{"a": "' + "9" * 5000 + '", "b": ' + "8" * 41 + "}", "holds a number of 41 digits (888"),
         ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), f"is nested too deeply (more than {MAX_DEPTH} levels)"),
         ("[" * 100_000 + "]" * 100_000, "is nested too deeply"),
         ('{"a": ', "is not valid JSON: Expecting value"),
-        (b'"\xff"', "is not valid JSON"),
+        (b'"\xff"', "is not UTF-8 text (byte 1)"),
     ],
 )
 def test_loads_bounded_refuses_in_one_line(text: str | bytes, expected: str) -> None:
@@ -142,8 +143,15 @@ def test_loads_bounded_refuses_in_one_line(text: str | bytes, expected: str) -> 
 
 
 def test_loads_bounded_takes_what_real_messages_hold() -> None:
-    doc = {"version": 2**63 - 1, "x": [1.5e-300, -0.0, 1.7976931348623157e308], "deep": [[[[{"a": None}]]]]}
+    doc = {
+        "version": 2**63 - 1,
+        "x": [1.5e-300, -0.0, 1.7976931348623157e308],
+        "deep": [[[[{"a": None}]]]],
+        "text": "[[[[" * 100 + "9" * 5000 + '"{',  # brackets and digits inside a string are text
+    }
     assert loads_bounded(json.dumps(doc)) == doc
+    assert loads_bounded("[" * MAX_DEPTH + "]" * MAX_DEPTH) is not None  # the limit itself is taken
+    assert loads_bounded("9" * MAX_NUMBER_CHARS) == int("9" * MAX_NUMBER_CHARS)
     nan = loads_bounded('{"x": NaN}')["x"]
     assert nan != nan  # left to the reader (an update names the key), unless finite=True asks
     with pytest.raises(JsonLimitError, match="holds NaN, not a finite number"):

@@ -65,6 +65,11 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     ("array nested 20 deep", MINIMAL + f"[source]\ncolumns = {nested(20)}\n", f"nested more than {MAX_DEPTH} levels"),
     ("table nested 20 deep", MINIMAL + "[postprocess]\nunits = " + "{a = " * 20 + "1" + "}" * 20 + "\n", "nested"),
     ("integer of 5000 digits", MINIMAL + f"[source]\nseed = {'9' * 5000}\n", "invalid TOML"),
+    (
+        "1000 groups",
+        MINIMAL + "[device]\ngroups = [" + ", ".join(f'"g{i}"' for i in range(1000)) + "]\n",
+        "at most 100",
+    ),
     ("negative seed", MINIMAL + "[source]\nseed = -1\n", "source.seed: must be greater than or equal to 0"),
     ("huge max_frames", MINIMAL + f"[source]\nmax_frames = {2**70}\n", "source.max_frames: must be less than"),
     ("infinite max_abs_z", MINIMAL + "[guard]\nmax_abs_z = inf\n", "guard.max_abs_z: must be less than"),

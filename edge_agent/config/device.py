@@ -9,6 +9,8 @@ from pydantic import Field, field_validator
 from edge_agent.config._base import TOPIC_SEGMENT, Section
 from edge_agent.config._types import PathStr
 
+MAX_GROUPS = 100
+
 
 def _hostname_id() -> str:
     # The hostname is the natural default on a fleet of Pis; it is sanitized so that it
@@ -19,7 +21,8 @@ def _hostname_id() -> str:
 
 class DeviceConfig(Section):
     id: str = Field(default_factory=_hostname_id, description="device id used in topics")
-    groups: tuple[str, ...] = ()
+    # each is a subscription on every connect: a handful in practice
+    groups: tuple[str, ...] = Field(default=(), max_length=MAX_GROUPS)
     state_dir: PathStr = "/var/lib/edge-agent"
 
     @field_validator("id")

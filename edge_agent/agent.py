@@ -53,7 +53,7 @@ from edge_agent.remote.fetch import download, remove_partial_downloads
 from edge_agent.remote.overlay import build_config
 from edge_agent.remote.probation import Probation
 from edge_agent.remote.state import config_state
-from edge_agent.remote.updater import AlreadyApplied, Prepared, RemoteUpdates
+from edge_agent.remote.updater import AlreadyApplied, Prepared, RemoteUpdates, StartupProblem
 from edge_agent.runtime.backends import select_backend
 from edge_agent.runtime.worker import BackendFactory
 from edge_agent.service import Notifier
@@ -122,7 +122,7 @@ class Agent:
         # the file config, with the remote update applied before (state_dir/applied.json) on top
         self.remote = RemoteUpdates(cfg)
         self.cfg, problem = self.remote.effective()
-        self._startup_problems: list[str] = [problem] if problem else []
+        self._startup_problems: list[StartupProblem] = [problem] if problem else []
         self._update_build: BackgroundBuild[tuple[Prepared, Pipeline | None]] | None = None
         self._probation: Probation | None = None
         self._config_state_due = True
@@ -522,7 +522,7 @@ class Agent:
         self.link.wait_connected(5.0)
         remove_partial_downloads(self.remote.model_dir)
         for problem in self._startup_problems:
-            self.raise_event("config_rejected", "error", problem, {"version": self.remote.version})
+            self.raise_event(problem.kind, "error", problem.message, {"version": self.remote.version})
         try:
             while not self._stop.is_set():
                 self._step()
@@ -689,7 +689,8 @@ class Agent:
     # ---- commands and config updates -------------------------------------------------------
     def _subscribe(self) -> None:
         t = self.topics
-        self.link.subscribe(f"{t.prefix}/{t.device}/cmd/+", self.inbox.on_cmd, self.inbox.reject)
+        # a retained command would act at every start and reconnect: ignored (see MqttLink.subscribe)
+        self.link.subscribe(f"{t.prefix}/{t.device}/cmd/+", self.inbox.on_cmd, self.inbox.reject, accept_retained=False)
         for topic in (t.config_set(), *(t.group_config_set(g) for g in self.cfg.device.groups)):
             self.link.subscribe(topic, self.inbox.on_config, self.inbox.reject)
 

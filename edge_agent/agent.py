@@ -43,7 +43,7 @@ from edge_agent.mqtt.outbox import Outbox
 from edge_agent.mqtt.topics import Topics
 from edge_agent.pipeline import Fault, Inference, Outcome, Pipeline, Skipped
 from edge_agent.remote.fetch import remove_partial_downloads
-from edge_agent.remote.updater import RemoteUpdates
+from edge_agent.remote.updater import RemoteUpdates, StartupProblem
 from edge_agent.runtime.backends import select_backend
 from edge_agent.runtime.worker import BackendFactory
 from edge_agent.service import Notifier
@@ -74,7 +74,7 @@ class Agent:
         # the file config, with the remote update applied before (state_dir/applied.json) on top
         remote = RemoteUpdates(cfg)
         self.cfg, problem = remote.effective()
-        self._startup_problems: list[str] = [problem] if problem else []
+        self._startup_problems: list[StartupProblem] = [problem] if problem else []
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.device.id)
         self.stats = Stats()
         self.interpreter_name = "none"
@@ -235,7 +235,7 @@ class Agent:
         self.link.wait_connected(5.0)
         remove_partial_downloads(self.config.remote.model_dir)
         for problem in self._startup_problems:
-            self.raise_event("config_rejected", "error", problem, {"version": self.config.remote.version})
+            self.raise_event(problem.kind, "error", problem.message, {"version": self.config.remote.version})
         try:
             while not self._stop.is_set():
                 self._step()
@@ -245,7 +245,8 @@ class Agent:
 
     def _subscribe(self) -> None:
         t = self.topics
-        self.link.subscribe(f"{t.prefix}/{t.device}/cmd/+", self.inbox.on_cmd, self.inbox.reject)
+        # a retained command would act at every start and reconnect: ignored (see MqttLink.subscribe)
+        self.link.subscribe(f"{t.prefix}/{t.device}/cmd/+", self.inbox.on_cmd, self.inbox.reject, accept_retained=False)
         for topic in (t.config_set(), *(t.group_config_set(g) for g in self.cfg.device.groups)):
             self.link.subscribe(topic, self.inbox.on_config, self.inbox.reject)
 

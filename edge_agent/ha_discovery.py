@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from edge_agent.bounded import MAX_CONFIG_BYTES, read_bytes_bounded
+from edge_agent.bounded_json import loads_bounded
 from edge_agent.config import HomeAssistantConfig
 from edge_agent.mqtt.link import encode
 from edge_agent.mqtt.topics import Topics
@@ -185,12 +187,13 @@ class Discovery:
 
     def _read_state(self) -> set[str]:
         try:
-            doc = json.loads(self._state.read_text(encoding="utf-8"))
+            doc = loads_bounded(read_bytes_bounded(self._state, what="discovery state", max_bytes=MAX_CONFIG_BYTES))
             return {t for t in doc["topics"] if isinstance(t, str)}
         except FileNotFoundError:
             return set()
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            log.warning("homeassistant: cannot read %s (%s): entities it lists cannot be removed", self._state, err)
+        except (OSError, ValueError, KeyError, TypeError) as err:  # FileReadError, JsonLimitError among them
+            detail = getattr(err, "strerror", None) or err
+            log.warning("homeassistant: cannot read %s (%s): entities it lists cannot be removed", self._state, detail)
             return set()
 
     def _write_state(self, topics: set[str]) -> None:

@@ -17,7 +17,6 @@ import os
 import queue
 import threading
 import time
-import tomllib
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +25,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
-from edge_agent.config import MqttConfig, format_validation_error
+from edge_agent.bounded import MAX_CONFIG_BYTES, FileReadError, read_text_bounded
+from edge_agent.bounded_json import JsonLimitError, loads_bounded
+from edge_agent.config import MqttConfig, format_validation_error, read_toml
 from edge_agent.config._base import TOPIC_SEGMENT
+from edge_agent.config._types import raw_problems
 from edge_agent.errors import ConfigError, EdgeAgentError
 from edge_agent.mqtt.link import (
     ConnectSetupError,
@@ -60,32 +62,35 @@ class PushError(EdgeAgentError):
 
 
 # ---- inputs -------------------------------------------------------------------------------
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number an update may hold")
-
-
 def load_update_file(path: str) -> dict[str, Any]:
     """The partial config to push: TOML or JSON by the file's suffix; PushError on anything else."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in (".toml", ".json"):
         raise PushError(f"{p}: an update file must end in .toml or .json")
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise PushError(f"{p}: file not found") from None
-    except UnicodeDecodeError:
-        raise PushError(f"{p}: not UTF-8 text") from None
-    except OSError as err:
-        raise PushError(f"{p}: cannot read: {err.strerror or err}") from None
-    try:
-        doc: Any = tomllib.loads(text) if suffix == ".toml" else json.loads(text, parse_constant=_no_constant)
-    except tomllib.TOMLDecodeError as err:
-        raise PushError(f"{p}: invalid TOML: {err}") from None
-    except ValueError as err:  # json.JSONDecodeError too
-        raise PushError(f"{p}: invalid JSON: {err}") from None
+    if suffix == ".toml":
+        try:
+            doc: Any = read_toml(p, what="update file")
+        except ConfigError as err:
+            raise PushError(str(err)) from None
+    else:
+        try:
+            text = read_text_bounded(p, what="update file", max_bytes=MAX_CONFIG_BYTES, encoding="UTF-8")
+        except FileNotFoundError:
+            raise PushError(f"{p}: file not found") from None
+        except FileReadError as err:  # a FIFO, /dev/zero, a directory, too large, not UTF-8
+            raise PushError(str(err)) from None
+        except OSError as err:
+            raise PushError(f"{p}: cannot read: {err.strerror or err}") from None
+        try:
+            doc = loads_bounded(text, finite=True)  # an update holds finite numbers only
+        except JsonLimitError as err:
+            raise PushError(f"{p}: invalid JSON: {str(err).removeprefix('is not valid JSON: ')}") from None
     if not isinstance(doc, dict):
         raise PushError(f"{p}: must hold an object (a partial config), got {type(doc).__name__}")
+    problems = raw_problems(doc)
+    if problems:
+        raise PushError(f"{p}: {problems[0]}")
     return doc
 
 
@@ -110,15 +115,12 @@ def load_settings(
     if config_path is not None:
         p = Path(config_path)
         try:
-            raw = tomllib.loads(p.read_bytes().decode("utf-8"))
-        except FileNotFoundError:
-            raise PushError(f"{p}: config file not found") from None
-        except UnicodeDecodeError:
-            raise PushError(f"{p}: config file is not UTF-8 text") from None
-        except OSError as err:
-            raise PushError(f"{p}: cannot read config file: {err.strerror or err}") from None
-        except tomllib.TOMLDecodeError as err:
-            raise PushError(f"{p}: invalid TOML: {err}") from None
+            raw = read_toml(p)
+        except ConfigError as err:
+            raise PushError(str(err)) from None
+        problems = raw_problems(raw)  # a NUL in a path would raise out of every file call
+        if problems:
+            raise PushError(f"{p}: {problems[0]}")
         base = p.resolve().parent
         section = raw.get("mqtt", {})
         if not isinstance(section, dict):
@@ -251,8 +253,8 @@ class _Session:
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            payload: Any = json.loads(msg.payload)
-        except ValueError:
+            payload: Any = loads_bounded(bytes(msg.payload))
+        except JsonLimitError:  # not an answer this tool can read: 5,000 digits, deep nesting, not JSON
             payload = None
         self.messages.put(_Msg(msg.topic, payload))
 

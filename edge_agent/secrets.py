@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from edge_agent.bounded import MAX_SECRET_BYTES, FileReadError, read_text_bounded
 from edge_agent.errors import ConfigError
 
 
@@ -21,9 +22,13 @@ def read_secret(name_or_path: str) -> str:
     candidates.append(p)
     for c in candidates:
         try:
-            return c.read_text(encoding="utf-8").strip()
+            # a regular file of at most 64 KiB: a FIFO or /dev/zero named here must not hang or
+            # fill the memory of paho's thread, which reads the password before every attempt
+            return read_text_bounded(c, what="secret file", max_bytes=MAX_SECRET_BYTES).strip()
         except FileNotFoundError:
             continue
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError([f"cannot read secret file {c}: {err}"]) from None
+        except FileReadError as err:
+            raise ConfigError([str(err)]) from None
+        except OSError as err:
+            raise ConfigError([f"cannot read secret file {c}: {err.strerror or err}"]) from None
     raise ConfigError([f"secret file not found: {name_or_path}"])

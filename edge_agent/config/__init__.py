@@ -14,7 +14,9 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
+from edge_agent.bounded import MAX_CONFIG_BYTES, FileReadError, quote_part, read_text_bounded
 from edge_agent.config._base import Section
+from edge_agent.config._types import raw_problems
 from edge_agent.config.device import DeviceConfig
 from edge_agent.config.guard import GuardConfig
 from edge_agent.config.homeassistant import HomeAssistantConfig
@@ -50,6 +52,7 @@ __all__ = [
     "format_validation_error",
     "load_config",
     "parse_config",
+    "read_toml",
 ]
 
 
@@ -96,7 +99,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         for k in keys[:-1]:
             node = node.get(k) if isinstance(node, dict) else None
         last = keys[-1]
-        if isinstance(node, dict) and isinstance(node.get(last), str):
+        # an empty path stays empty: resolved, it would name the config's own folder
+        if isinstance(node, dict) and isinstance(node.get(last), str) and node[last].strip():
             value = node[last]
             # globs and absolute paths stay as written; "~" is the user's home
             p = Path(value).expanduser()
@@ -137,26 +141,45 @@ def format_validation_error(err: ValidationError, *, prefix: str = "") -> list[s
 
 
 def parse_config(raw: dict[str, Any]) -> AgentConfig:
+    problems = raw_problems(raw)  # NUL bytes, control characters, nesting: before anything walks it
+    if problems:
+        raise ConfigError(problems)
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err)) from None
 
 
+def read_toml(path: str | os.PathLike[str], *, what: str = "config file") -> dict[str, Any]:
+    """A TOML file named by the user, read within bounds: a regular file of at most
+    MAX_CONFIG_BYTES (never /dev/zero, a FIFO, a directory), UTF-8, parsed without letting the
+    parser's own limits escape (an integer of 5,000 digits, arrays nested 500 deep).
+    ConfigError with one line naming the file."""
+    p = Path(path)
+    try:
+        text = read_text_bounded(p, what=what, max_bytes=MAX_CONFIG_BYTES, encoding="UTF-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: {what} not found"]) from None
+    except FileReadError as err:  # not a regular file, too large, not UTF-8: the message says which
+        raise ConfigError([str(err)]) from None
+    except OSError as err:
+        raise ConfigError([f"{p}: cannot read {what}: {err.strerror or err}"]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError([f"{p}: invalid TOML: {err}"]) from None
+    except RecursionError:  # the parser recurses per nested array or inline table
+        raise ConfigError([f"{p}: invalid TOML: arrays or tables nested too deeply to be parsed"]) from None
+    except ValueError as err:  # tomllib lets int()'s digit limit through: 5,000 digits
+        raise ConfigError([f"{p}: invalid TOML: {quote_part(str(err))}"]) from None
+
+
 def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     """Read and validate a TOML config file; raise ConfigError with one line per problem."""
     p = Path(path)
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError([f"{p}: config file not found"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{p}: config file is not UTF-8 text"]) from None
-    except OSError as err:
-        raise ConfigError([f"{p}: cannot read config file: {err.strerror or err}"]) from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError([f"{p}: invalid TOML: {err}"]) from None
+    raw = read_toml(p)
+    problems = raw_problems(raw)  # before the paths are resolved: expanduser() raises on a NUL
+    if problems:
+        raise ConfigError(problems)
     _resolve_paths(raw, p.resolve().parent)
     return parse_config(raw)

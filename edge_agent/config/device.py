@@ -7,6 +7,9 @@ import socket
 from pydantic import Field, field_validator
 
 from edge_agent.config._base import TOPIC_SEGMENT, Section
+from edge_agent.config._types import PathStr
+
+MAX_GROUPS = 100
 
 
 def _hostname_id() -> str:
@@ -18,8 +21,9 @@ def _hostname_id() -> str:
 
 class DeviceConfig(Section):
     id: str = Field(default_factory=_hostname_id, description="device id used in topics")
-    groups: tuple[str, ...] = ()
-    state_dir: str = "/var/lib/edge-agent"
+    # each is a subscription on every connect: a handful in practice
+    groups: tuple[str, ...] = Field(default=(), max_length=MAX_GROUPS)
+    state_dir: PathStr = "/var/lib/edge-agent"
 
     @field_validator("id")
     @classmethod

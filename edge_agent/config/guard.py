@@ -22,12 +22,16 @@ class GuardConfig(Section):
     stuck_after: int = Field(
         default=100,
         ge=0,
+        le=1_000_000_000,
         description="identical outputs over this many checked, different frames: output_stuck (0: off)",
     )
     # input checks
     check_inputs: bool = True
     input_check_every: int = Field(
-        default=0, ge=0, description="check input statistics every Nth frame; 0: as often as budget_percent allows"
+        default=0,
+        ge=0,
+        le=1_000_000_000,
+        description="check input statistics every Nth frame; 0: as often as budget_percent allows",
     )
     budget_percent: float = Field(
         default=1.0, gt=0, le=100, description="input checks' share of invoke time (adaptive)"
@@ -38,17 +42,23 @@ class GuardConfig(Section):
     )
     input_tolerance: float = Field(default=0.25, ge=0, le=100, description="allowed excess, as a share of that range")
     max_abs_z: float = Field(
-        default=8.0, gt=0, description="a feature this many training std from its mean is out of range"
+        default=8.0, gt=0, le=1e6, description="a feature this many training std from its mean is out of range"
     )
     on_input_nan: Literal["impute", "skip"] = "impute"
     on_input_out_of_range: Literal["warn", "skip"] = "warn"
     frozen_after: int = Field(
-        default=50, ge=0, description="this many identical frames in a row: input_frozen (0: off)"
+        default=50, ge=0, le=1_000_000_000, description="this many identical frames in a row: input_frozen (0: off)"
     )
     # escalation and recovery
-    degrade_after: int = Field(default=5, ge=1, description="consecutive faulty frames that make the status degraded")
-    recover_after: int = Field(default=10, ge=1, description="consecutive good frames that bring it back online")
-    act_after: int = Field(default=50, ge=1, description="consecutive faulty frames that trigger on_persistent_fault")
+    degrade_after: int = Field(
+        default=5, ge=1, le=1_000_000_000, description="consecutive faulty frames that make the status degraded"
+    )
+    recover_after: int = Field(
+        default=10, ge=1, le=1_000_000_000, description="consecutive good frames that bring it back online"
+    )
+    act_after: int = Field(
+        default=50, ge=1, le=1_000_000_000, description="consecutive faulty frames that trigger on_persistent_fault"
+    )
     on_persistent_fault: Literal["none", "reload", "fallback", "restart"] = "reload"
     event_interval_s: float = Field(
         default=10.0, ge=0, le=86400, description="repeats of one fault kind are merged into one event per interval"

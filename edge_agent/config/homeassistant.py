@@ -7,6 +7,7 @@ import re
 from pydantic import Field, field_validator
 
 from edge_agent.config._base import Section
+from edge_agent.config._types import TextStr
 
 # Home Assistant subscribes to `<prefix>/#`: the prefix is a topic of plain segments
 _PREFIX = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
@@ -15,7 +16,7 @@ _PREFIX = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")
 class HomeAssistantConfig(Section):
     enabled: bool = Field(default=False, description="publish retained discovery configs on every connect")
     discovery_prefix: str = Field(default="homeassistant", description="Home Assistant's discovery prefix")
-    name: str | None = Field(default=None, description="the device's name in Home Assistant (default: device.id)")
+    name: TextStr | None = Field(default=None, description="the device's name in Home Assistant (default: device.id)")
 
     @field_validator("discovery_prefix")
     @classmethod

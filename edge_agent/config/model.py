@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from edge_agent.config._base import Section
+from edge_agent.config._types import PathStr
 
 InterpreterName = Literal["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"]
 Task = Literal["classification", "detection", "pose", "segmentation", "regression", "raw"]
@@ -16,14 +17,14 @@ _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 class ModelConfig(Section):
-    path: str
-    labels: str | None = None
+    path: PathStr
+    labels: PathStr | None = None
     interpreter: InterpreterName = "auto"
     task: Task = "classification"
     threads: int | None = Field(default=None, ge=1, le=64, description="default: the number of CPU cores")
     delegate: Literal["cpu", "edgetpu"] = "cpu"
     edgetpu_device: str | None = None
-    fallback_path: str | None = None
+    fallback_path: PathStr | None = None
     on_delegate_error: Literal["fallback", "fail"] = "fallback"
     sha256: str | None = None
     retry_interval_s: float = Field(default=10.0, gt=0, le=3600, description="retry a missing/broken model this often")

@@ -7,12 +7,13 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from edge_agent.config._base import Section
+from edge_agent.config._types import HostStr, MqttStr, PathStr
 
 
 class TlsConfig(Section):
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
+    ca: PathStr | None = None
+    cert: PathStr | None = None
+    key: PathStr | None = None
     insecure: bool = Field(default=False, description="skip hostname verification (testing only)")
 
     @model_validator(mode="after")
@@ -23,12 +24,12 @@ class TlsConfig(Section):
 
 
 class MqttConfig(Section):
-    host: str = "localhost"
+    host: HostStr = "localhost"
     port: int = Field(default=1883, ge=1, le=65535)
     transport: Literal["tcp", "websockets"] = "tcp"
     protocol: Literal["5", "3.1.1"] = "5"
-    username: str | None = None
-    password_file: str | None = None
+    username: MqttStr | None = None
+    password_file: PathStr | None = None
     tls: TlsConfig | None = None
     topic_prefix: str = "edge"
     results_qos: int = Field(default=0, ge=0, le=2)
@@ -36,7 +37,7 @@ class MqttConfig(Section):
     persist_results: bool = False
     keepalive: int = Field(default=30, ge=5, le=3600)
     outbox_max_mb: float = Field(default=64.0, gt=0, le=65536)
-    client_id: str | None = None
+    client_id: MqttStr | None = None
     allow_plaintext_password: bool = Field(
         default=False, description="send the password over a link without TLS (off: such a config is refused)"
     )
@@ -55,7 +56,7 @@ class MqttConfig(Section):
     @field_validator("topic_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if not v or v.startswith("/") or v.endswith("/") or "+" in v or "#" in v or "//" in v:
+        if not v or v.startswith("/") or v.endswith("/") or "+" in v or "#" in v or "//" in v or len(v) > 1024:
             raise ValueError(f"must be a topic without wildcards and without leading/trailing '/', got {v!r}")
         return v
 

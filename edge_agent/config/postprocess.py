@@ -7,17 +7,18 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from edge_agent.config._base import Section
+from edge_agent.config._types import TextStr
 
 
 class PostprocessConfig(Section):
     top_k: int = Field(default=3, ge=1, le=1000)
     threshold: float = Field(default=0.0, ge=0.0, le=1.0)
     activation: Literal["none", "softmax", "sigmoid"] = "none"
-    include_labels: tuple[str, ...] = ()
-    exclude_labels: tuple[str, ...] = ()
+    include_labels: tuple[TextStr, ...] = ()
+    exclude_labels: tuple[TextStr, ...] = ()
     # regression / raw: names of the output values in order, and their units
-    value_names: tuple[str, ...] = ()
-    units: dict[str, str] = Field(default_factory=dict)
+    value_names: tuple[TextStr, ...] = ()
+    units: dict[TextStr, TextStr] = Field(default_factory=dict)
     # ---- pose ----
     keypoint_threshold: float = Field(
         default=0.2, ge=0.0, le=1.0, description="a keypoint scoring below this is listed with visible = false"
@@ -37,7 +38,7 @@ class PostprocessConfig(Section):
     ssd_output_order: tuple[Literal["boxes", "classes", "scores", "count"], ...] = ()
     # YOLO: box centres and sizes in model-input pixels or normalized to [0, 1]
     box_units: Literal["auto", "pixels", "normalized"] = "auto"
-    label_thresholds: dict[str, float] = Field(default_factory=dict)  # label -> min score
+    label_thresholds: dict[TextStr, float] = Field(default_factory=dict)  # label -> min score
     max_objects: int = Field(default=20, ge=1, le=1000)
     nms_iou: float = Field(default=0.45, gt=0.0, le=1.0)
     nms_per_class: bool = True  # False: one NMS over all classes (class-agnostic)

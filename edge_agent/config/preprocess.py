@@ -13,12 +13,13 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from edge_agent.config._base import Section
+from edge_agent.config._types import TextStr
 
 Impute = Literal["mean", "zero", "skip"]
 
 
 class FeatureConfig(Section):
-    name: str = Field(min_length=1)
+    name: TextStr
     mean: float = 0.0
     std: float = Field(default=1.0, gt=0)
     min: float | None = None
@@ -34,6 +35,13 @@ class FeatureConfig(Section):
     def _finite(cls, v: float | None) -> float | None:
         if v is not None and not math.isfinite(v):
             raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("impute")
+    @classmethod
+    def _finite_impute(cls, v: Impute | float) -> Impute | float:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("a number in raw units must be finite")
         return v
 
     @model_validator(mode="after")

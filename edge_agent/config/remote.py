@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from edge_agent.config._base import Section
+from edge_agent.config._types import PathStr, TextStr
 
 # Never the broker, credentials, key files or remote.* themselves: an update must not be
 # able to cut the device off its fleet or widen its own rights.
@@ -21,9 +22,11 @@ DEFAULT_ALLOWED = (
 
 class RemoteConfig(Section):
     enabled: bool = False
-    hmac_key_file: str | None = None
-    allowed: tuple[str, ...] = DEFAULT_ALLOWED
-    model_dir: str | None = Field(default=None, description="where remote model files live; default state_dir/models")
+    hmac_key_file: PathStr | None = None
+    allowed: tuple[TextStr, ...] = DEFAULT_ALLOWED
+    model_dir: PathStr | None = Field(
+        default=None, description="where remote model files live; default state_dir/models"
+    )
     max_model_mb: float = Field(default=200.0, gt=0, le=4096, description="a larger model download is refused")
     download_timeout_s: float = Field(default=60.0, gt=0, le=3600, description="per network operation of a download")
     probation_frames: int = Field(

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from edge_agent.config._base import Section
+from edge_agent.config._types import MqttStr, PathStr, TextStr
 
 SourceKind = Literal["picamera2", "opencv", "images", "synthetic", "csv", "wav", "mqtt"]
 
@@ -14,25 +15,27 @@ SourceKind = Literal["picamera2", "opencv", "images", "synthetic", "csv", "wav",
 class SourceConfig(Section):
     kind: SourceKind = "synthetic"
     fps: float | None = Field(default=None, gt=0, le=1000, description="upper limit on frames per second")
-    path: str | None = None
-    url: str | None = None
-    device: int | str | None = None
+    path: PathStr | None = None
+    url: PathStr | None = None
+    device: int | PathStr | None = None
     loop: bool = False
-    topic: str | None = None
+    topic: MqttStr | None = None
     # synthetic frames
     width: int = Field(default=640, ge=1, le=8192)
     height: int = Field(default=480, ge=1, le=8192)
     pattern: Literal["noise", "gradient", "bars"] = "noise"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**64 - 1, description="noise pattern: the random generator's seed")
     # csv rows
     delimiter: str = Field(default=",", min_length=1, max_length=1)
-    columns: tuple[str, ...] | None = Field(
+    columns: tuple[TextStr, ...] | None = Field(
         default=None, description="CSV columns to feed, in model order; default: the preprocess features"
     )
     # a finite source (images without loop, csv) may stop the agent when exhausted: tests and
     # batch jobs want that, a daemon does not
     exit_when_done: bool = False
-    max_frames: int | None = Field(default=None, ge=1, description="end the source after this many frames")
+    max_frames: int | None = Field(
+        default=None, ge=1, le=2**63 - 1, description="end the source after this many frames"
+    )
     stall_after_s: float | None = Field(
         default=None,
         gt=0,
@@ -56,7 +59,7 @@ class SourceConfig(Section):
         default=None, gt=0, le=1000, description="frame rate asked of a V4L2 device"
     )
     opencv_fourcc: str | None = Field(
-        default=None, min_length=4, max_length=4, description='pixel format asked of a V4L2 device, e.g. "MJPG", "YUYV"'
+        default=None, pattern=r"^[ -~]{4}$", description='pixel format asked of a V4L2 device, e.g. "MJPG", "YUYV"'
     )
     # ---- wav ----
     wav_sample_rate: int | None = Field(
@@ -94,7 +97,9 @@ class SourceConfig(Section):
     images_after: Literal["keep", "delete", "move"] = Field(
         default="keep", description="what happens to a watched file once taken (decoded or not)"
     )
-    images_move_to: str | None = Field(default=None, description="folder taken files go to with images_after = 'move'")
+    images_move_to: PathStr | None = Field(
+        default=None, description="folder taken files go to with images_after = 'move'"
+    )
     images_settle_s: float = Field(
         default=2.0,
         gt=0,

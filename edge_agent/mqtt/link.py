@@ -30,6 +30,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge_agent.bounded import MAX_CONFIG_BYTES, check_regular
+from edge_agent.bounded_json import JsonLimitError, loads_bounded
 from edge_agent.config import MqttConfig
 from edge_agent.errors import ConfigError
 from edge_agent.mqtt.topics import Topics
@@ -119,6 +121,11 @@ def load_tls(client: mqtt.Client, cfg: MqttConfig) -> None:
     if cfg.tls is None:
         return
     try:
+        # OpenSSL reads these itself: refuse first what would hang (a FIFO) or never end (/dev/zero)
+        for name in ("ca", "cert", "key"):
+            path = getattr(cfg.tls, name)
+            if path is not None:
+                check_regular(path, what=f"mqtt.tls.{name}", max_bytes=MAX_CONFIG_BYTES)
         client.tls_set(ca_certs=cfg.tls.ca, certfile=cfg.tls.cert, keyfile=cfg.tls.key)
     except (OSError, ValueError) as err:
         files = ", ".join(f"{k} = {v}" for k, v in cfg.tls.model_dump().items() if isinstance(v, str))
@@ -205,6 +212,7 @@ class MqttLink:
         self.on_published: Callable[[int], None] | None = None
         self._handlers: dict[str, Callable[[str, Any], None]] = {}  # topic filter → handler(topic, parsed JSON)
         self._rejects: dict[str, Callable[[str, str], None]] = {}  # topic filter → reject(topic, reason)
+        self._no_retained: set[str] = set()  # topic filters whose retained deliveries are ignored
 
     @property
     def connected(self) -> bool:
@@ -288,11 +296,24 @@ class MqttLink:
             self.on_published(mid)
 
     def subscribe(
-        self, topic_filter: str, handler: Callable[[str, Any], None], reject: Callable[[str, str], None]
+        self,
+        topic_filter: str,
+        handler: Callable[[str, Any], None],
+        reject: Callable[[str, str], None],
+        *,
+        accept_retained: bool = True,
     ) -> None:
-        """Route JSON messages on `topic_filter` to `handler`; bad ones to `reject` with the reason."""
+        """Route JSON messages on `topic_filter` to `handler`; bad ones to `reject` with the reason.
+
+        `accept_retained=False`: a message delivered with the retain flag is dropped with a log
+        line. The broker sets that flag only on a message it kept and hands to a new subscription
+        (MQTT 3.1.1 3.3.1-8/9; MQTT 5 as well, since these subscriptions do not ask for
+        retain-as-published): stored state, replayed at every start and reconnect, not something
+        sent to this agent now. A live message is delivered without the flag, retained or not."""
         self._handlers[topic_filter] = handler
         self._rejects[topic_filter] = reject
+        if not accept_retained:
+            self._no_retained.add(topic_filter)
         if self.connected:
             self.client.subscribe(topic_filter, qos=1)
 
@@ -301,10 +322,25 @@ class MqttLink:
         try:
             for topic_filter, handler in self._handlers.items():
                 if mqtt.topic_matches_sub(topic_filter, msg.topic):
+                    if msg.retain and topic_filter in self._no_retained:
+                        self._ignore_retained(msg)
+                        return
                     self._dispatch(msg, handler, self._rejects[topic_filter])
                     return
         except Exception:
             log.exception("handling a message on %s failed", msg.topic)
+
+    def _ignore_retained(self, msg: mqtt.MQTTMessage) -> None:
+        if not msg.payload:
+            return  # the broker never delivers an empty retained message; nothing to say if one did
+        log.warning(
+            "ignoring the retained message on %s (%d bytes): a retained command is not a command, it would "
+            "act at every start and reconnect; send commands without retain, and clear this one by publishing "
+            "an empty retained message to %s",
+            msg.topic,
+            len(msg.payload),
+            msg.topic,
+        )
 
     def _dispatch(
         self, msg: mqtt.MQTTMessage, handler: Callable[[str, Any], None], reject: Callable[[str, str], None]
@@ -322,12 +358,11 @@ class MqttLink:
             handler(msg.topic, None)  # an empty message: a command without arguments
             return
         try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as err:
-            reject(msg.topic, f"message is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}")
-            return
-        except RecursionError:  # thousands of nested brackets: the parser's stack gives up
-            reject(msg.topic, "message is nested too deeply to be parsed")
+            # numbers and nesting within limits: a 5,000-digit integer or 100,000 brackets is a
+            # one-line rejection, never an exception out of the parser
+            parsed = loads_bounded(text)
+        except JsonLimitError as err:
+            reject(msg.topic, f"message {err}")
             return
         handler(msg.topic, parsed)
 

@@ -20,7 +20,7 @@ from edge_agent.errors import ConfigError
 from edge_agent.remote.document import UpdateRejectedError, parse_update
 from edge_agent.remote.models import Download, plan_model_files
 from edge_agent.remote.overlay import build_config, check_allowed, leaf_keys, merge
-from edge_agent.remote.store import Applied, AppliedStore
+from edge_agent.remote.store import Applied, AppliedStore, state_dir_problem
 from edge_agent.secrets import read_secret
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,28 @@ class AlreadyApplied:
     version: int
 
 
+@dataclass(frozen=True)
+class StartupProblem:
+    """Something about the stored updates to raise as an event at start: `kind` says what it is.
+
+    `storage_error`: the state_dir or its record of applied updates cannot be used (no update was
+    rejected: the disk or the folder is the problem). `config_rejected`: an update applied before
+    no longer fits the config file, and the file config runs instead."""
+
+    kind: str
+    message: str
+
+
 class RemoteUpdates:
     def __init__(self, file_cfg: AgentConfig) -> None:
         self.file_cfg = file_cfg
         self.store = AppliedStore(file_cfg.device.state_dir)
-        self.applied, self.load_problem = self.store.load()
+        # a state_dir that is no folder is said as such, not as an unreadable record inside it
+        self.state_dir_problem = state_dir_problem(file_cfg.device.state_dir)
+        if self.state_dir_problem is not None:
+            self.applied, self.load_problem = Applied(), None
+        else:
+            self.applied, self.load_problem = self.store.load()
 
     @property
     def version(self) -> int:
@@ -67,19 +84,23 @@ class RemoteUpdates:
         r = self.file_cfg.remote
         return Path(r.model_dir) if r.model_dir else Path(self.file_cfg.device.state_dir) / "models"
 
-    def effective(self) -> tuple[AgentConfig, str | None]:
-        """The file config with the stored overlay; the file config alone (and why) if the overlay
-        no longer fits it (the file changed since, a model file vanished)."""
+    def effective(self) -> tuple[AgentConfig, StartupProblem | None]:
+        """The file config with the stored overlay; the file config alone (and why) if the state_dir
+        or its record cannot be used, or if the overlay no longer fits the file (the file changed
+        since, a model file vanished)."""
+        if self.state_dir_problem is not None:
+            return self.file_cfg, StartupProblem("storage_error", self.state_dir_problem)
         if self.load_problem is not None:
-            return self.file_cfg, self.load_problem
+            return self.file_cfg, StartupProblem("storage_error", self.load_problem)
         if not self.applied.overlay:
             return self.file_cfg, None
         try:
             return build_config(self.file_cfg, self.applied.overlay), None
         except UpdateRejectedError as err:
-            return self.file_cfg, (
+            return self.file_cfg, StartupProblem(
+                "config_rejected",
                 f"the applied update {self.applied.version} no longer fits the config file ({err}): "
-                "running the file config"
+                "running the file config",
             )
 
     def _key(self) -> bytes:

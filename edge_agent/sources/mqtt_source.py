@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import paho.mqtt.client as mqtt
 
+from edge_agent.bounded_json import MAX_FLOAT_TEXT_CHARS, JsonLimitError, loads_bounded
 from edge_agent.config import MqttConfig, SourceConfig
 from edge_agent.mqtt.link import connect_async, describe_connect_error, load_credentials, load_tls, make_client
 from edge_agent.sources.base import MAX_WAIT_S, NO_FRAME_YET, Frame, NoFrameYet, SourceProblem, Stamp
@@ -72,11 +73,11 @@ class RowParser:
         except UnicodeDecodeError as err:
             return f"message is not UTF-8 text (byte {err.start})"
         try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as err:
-            return f"message is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
-        except RecursionError:
-            return "message is nested too deeply"
+            # numbers and nesting within limits (a 5,000-digit integer is a reason, not a ValueError);
+            # every value becomes a float, whose range is judged below
+            doc = loads_bounded(text, max_number_chars=MAX_FLOAT_TEXT_CHARS)
+        except JsonLimitError as err:
+            return f"message {err}"
         if isinstance(doc, list):
             return self._positional(doc, None)
         if not isinstance(doc, dict):

@@ -336,6 +336,8 @@ class Agent:
     def _next_frame(self) -> None:
         paced_from = self._last_frame_at
         self._pace()
+        if self.models.pipeline is None:
+            return  # the frame in flight, concluded while pacing, made the model go (the Edge TPU lost)
         # with a frame in flight, only a frame ready now is prepared alongside; else its result goes out first
         got = self.sources.take(0.0 if self.lane.busy else TAKE_WAIT_S)
         if isinstance(got, Idle):

@@ -156,7 +156,13 @@ class Harness:
         doc = {
             "device": {"id": "d", "state_dir": "/tmp/unused"},
             "source": {"kind": "synthetic"},
-            "model": {"path": "m.tflite", "retry_interval_s": 30, "delegate_lost_after": 2, "edgetpu_retry_s": 60, **model},
+            "model": {
+                "path": "m.tflite",
+                "retry_interval_s": 30,
+                "delegate_lost_after": 2,
+                "edgetpu_retry_s": 60,
+                **model,
+            },
         }
         self.cfg: AgentConfig = parse_config(doc)
         self.events: list[tuple[str, str, str]] = []

@@ -12,7 +12,7 @@ import pytest
 from conftest import BUNDLED, INTERPRETER
 from mqtt_helpers import Collector
 
-import edge_agent.agent as agent_module
+import edge_agent.core.sources as sources_module
 from edge_agent.agent import Agent
 from edge_agent.broker import LocalBroker
 from edge_agent.config import SourceConfig, parse_config
@@ -48,7 +48,7 @@ class FreezingCamera:
 def test_a_frozen_live_source_is_stalled_reopened_and_results_resume(
     tmp_path: Path, mosquitto: LocalBroker, device: str, col: Collector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(agent_module, "open_source", FreezingCamera)
+    monkeypatch.setattr(sources_module, "open_source", FreezingCamera)  # the source supervisor opens sources
     cfg = parse_config(
         {
             "device": {"id": device, "state_dir": str(tmp_path / "state")},

@@ -102,6 +102,10 @@ def build_pipeline(
     return Built(pipeline, outcome)
 
 
+def detail_of(p: Pipeline) -> dict[str, Any]:
+    return {"model": {"name": p.model.name, "sha256": p.model.file.sha256, "delegate": p.model.delegate}}
+
+
 class ModelSupervisor:
     def __init__(
         self,
@@ -157,9 +161,8 @@ class ModelSupervisor:
         (a model on probation keeps the previous one for a rollback)."""
         if complete:
             self._settle()  # first: concluding that frame may itself swap (a failure, a rollback)
-        old = self.pipeline
-        self._on_swap(old, new)
-        self.pipeline = new
+        old, self.pipeline = self.pipeline, new
+        self._on_swap(old, new)  # the lane lets go of the old one (before it is closed); the status names the new
         if close_old and old is not None and old is not new:
             old.close()
 
@@ -175,10 +178,8 @@ class ModelSupervisor:
         self._retry = RetrySchedule(Backoff.fixed(cfg.model.retry_interval_s))
 
     def detail(self) -> dict[str, Any]:
-        p = self.pipeline
-        if p is None:
-            return {}
-        return {"model": {"name": p.model.name, "sha256": p.model.file.sha256, "delegate": p.model.delegate}}
+        """The running model, for an event's detail."""
+        return detail_of(self.pipeline) if self.pipeline is not None else {}
 
     # ---- between two frames -----------------------------------------------------------------
     def housekeeping(self, now: float) -> None:
@@ -302,33 +303,34 @@ class ModelSupervisor:
 
     def _on_cpu(self, job: Job, built: Built, now: float) -> None:
         pipeline = built.pipeline
-        self.swap(pipeline, complete=True)
-        self.tpu_wanted = True
-        self.accel.on_cpu(now)
         m = self.cfg.model
         reason, _, old = job.note.partition("; was ")
+        # the event first: a status naming the CPU then follows it
         self._raise(
             "delegate_lost",
             "error",
             f"the Edge TPU failed {job.faults} times in a row ({reason}): switched from {old} to the CPU model "
             f"{pipeline.model.name}; retrying the Edge TPU every {m.edgetpu_retry_s:g} s",
-            {"failures": job.faults, "reason": reason.removeprefix("last: "), "now": self.detail().get("model")},
+            {"failures": job.faults, "reason": reason.removeprefix("last: "), "now": detail_of(pipeline)["model"]},
         )
+        self.swap(pipeline, complete=True)
+        self.tpu_wanted = True
+        self.accel.on_cpu(now)
 
     def _back_on_tpu(self, job: Job, built: Built, now: float) -> None:
         if not self.tpu_wanted or self.pipeline is None:
             built.pipeline.close()  # the model is gone meanwhile: not wanted any more
             return
         old = self.pipeline.model.name
-        self.swap(built.pipeline, complete=True)
-        self.tpu_wanted = False
-        self.accel.success()
         self._raise(
             "delegate_restored",
             "info",
             f"the Edge TPU works again: switched from the CPU model {old} back to {built.pipeline.model.name}",
-            self.detail(),
+            detail_of(built.pipeline),
         )
+        self.swap(built.pipeline, complete=True)
+        self.tpu_wanted = False
+        self.accel.success()
 
     # ---- the guard's action after persistent faults -----------------------------------------
     def renew(self, action: Literal["reload", "fallback"], faults: int) -> None:
@@ -353,14 +355,14 @@ class ModelSupervisor:
 
     def _renewed(self, job: Job, built: Built, now: float) -> None:
         pipeline, old = built.pipeline, job.note
-        self.swap(pipeline, complete=False)
-        self.tpu_wanted = False  # chosen by the guard, not forced by the accelerator: no retry
         n = job.faults
         if job.purpose == "fallback":
             kind, what = "model_fallback", f"switched from {old} to the fallback model {pipeline.model.name}"
         else:
             kind, what = "model_reloaded", f"reloaded {old} in a fresh interpreter"
-        self._raise(kind, "warning", f"{n} consecutive faulty frames: {what}", self.detail())
+        self._raise(kind, "warning", f"{n} consecutive faulty frames: {what}", detail_of(pipeline))
+        self.swap(pipeline, complete=False)
+        self.tpu_wanted = False  # chosen by the guard, not forced by the accelerator: no retry
 
     # ---- the stop ---------------------------------------------------------------------------
     def _cancel_job(self) -> None:

@@ -131,11 +131,12 @@ class SourceSupervisor:
     def drop(self, kind: str, message: str, severity: Severity = "error") -> None:
         """Report, close, and reopen after the backoff."""
         assert self.capture is not None
-        delay = self._retry.failed(time.monotonic())
-        self._raise(kind, severity, f"{message} (reopening in {delay:g} s)", {"source": self.capture.name})
+        name = self.capture.name
         self.publish_counters()
-        self.capture.close()
+        self.capture.close()  # up to JOIN_S for a read() that blocks: the wait counts from after it
         self.capture = None
+        delay = self._retry.failed(time.monotonic())
+        self._raise(kind, severity, f"{message} (reopening in {delay:g} s)", {"source": name})
 
     def check_stall(self, now: float) -> None:
         """No frame for stall_after_s from a live source (a camera whose read() blocks for good, a

@@ -117,6 +117,9 @@ class Outbox:
         self._disk_bytes = 0
         # in the file, acknowledged or dropped while it took no writes: deleted once it does
         self._gone: set[int] = set()
+        # in memory after a write that reported failure while the file could not be asked whether
+        # it got there: if one leaves the outbox before that is known, it is gone from the file too
+        self._unsure: set[int] = set()
         # per scan (None: all rows, or one kind): every row in the file below it is in _gone, so
         # a long run of them is stepped over once, not at every pump
         self._floor: dict[str | None, int] = {}
@@ -206,6 +209,7 @@ class Outbox:
         for row_id in both:
             self._mem_bytes -= self._mem.pop(row_id).size
         self._disk_count, self._disk_bytes, self._gone = count, size, gone
+        self._unsure.clear()  # known now: in the file (its memory copy dropped above), or not
         self._next_id = top + 1
         self._floor.clear()
         # numbers handed out while the file was away (memory queue) are kept: never go back
@@ -272,12 +276,14 @@ class Outbox:
 
     def _sync(self) -> bool:
         """Write everything that waits for the disk; True when it is all there."""
-        db = self._db
-        assert db is not None
+        assert self._db is not None
         was_failing = self.storage_error is not None
         # room first: a WAL that filled the disk is copied into the file and cut back
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as err:
+            if self._disk_count == 0 and not self._start_afresh(err):
+                return False
         rows = list(self._mem.values())
         try:
             if self._gone:
@@ -294,8 +300,11 @@ class Outbox:
                     tx.execute("INSERT OR REPLACE INTO meta VALUES ('clean', '0')")
         except sqlite3.Error as err:
             self._write_failed(err)
-            if rows and self._on_disk(rows[-1].id):  # reported failed, yet committed (one transaction)
+            there = self._on_disk(rows[-1].id) if rows else False
+            if there:  # reported failed, yet committed (one transaction)
                 self._moved_to_disk(rows)
+            elif there is None:
+                self._unsure.update(r.id for r in rows)
             return False
         self._moved_to_disk(rows)
         self._dirty_seqs.clear()
@@ -305,9 +314,32 @@ class Outbox:
             log.info("outbox back on disk at %s", self.path)
         return True
 
+    def _start_afresh(self, err: sqlite3.Error) -> bool:
+        """A WAL cannot be copied into its file when that must grow on a full disk, and until it
+        is the WAL cannot be cut back: a disk filled by the outbox's own log stays full. Once the
+        file holds no waiting message (all sent, or dropped), it is replaced by an empty one; the
+        seqs are kept (in memory, written with the first transaction), so none is reused."""
+        assert self.path is not None
+        self._close_db()
+        try:
+            for suffix in ("-wal", "-shm", ""):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        except OSError as unlink_err:
+            self._failed(f"outbox write failed: {err}; cannot remove {self.path}: {unlink_err}")
+            return False
+        log.warning(
+            "outbox %s: its log could not be checkpointed (%s) and it held nothing waiting: started afresh",
+            self.path,
+            err,
+        )
+        self._gone.clear()
+        self._marked = False
+        return self._connect()
+
     def _moved_to_disk(self, rows: list[Row]) -> None:
         for r in rows:
             del self._mem[r.id]
+            self._unsure.discard(r.id)
             self._disk_count += 1
             self._disk_bytes += r.size
             self._mem_bytes -= r.size
@@ -376,16 +408,17 @@ class Outbox:
                     db.execute("INSERT OR REPLACE INTO seqs VALUES (?, ?)", (row.topic, self._seqs[row.topic]))
             except sqlite3.Error as err:
                 self._write_failed(err)
-                if self._on_disk(row.id):  # reported failed, yet committed (with its seq)
+                there = self._on_disk(row.id)
+                if there:  # reported failed, yet committed (with its seq)
                     self._disk_count += 1
                     self._disk_bytes += row.size
                     return
+                if there is None:  # the file cannot be asked: the memory copy is kept, a reopen finds out
+                    self._unsure.add(row.id)
             else:
                 self._disk_count += 1
                 self._disk_bytes += row.size
                 return
-        # unknown whether it got there (the file cannot be read): the memory copy is kept, and
-        # a reopen finds out (`_load`)
         self._dirty_seqs.add(row.topic)
         self._mem[row.id] = row
         self._mem_bytes += row.size
@@ -456,6 +489,9 @@ class Outbox:
         copy = self._mem.pop(row_id, None)
         if copy is not None:
             self._mem_bytes -= copy.size
+            if row_id in self._unsure:  # it may have reached the file: delete it there too
+                self._unsure.discard(row_id)
+                self._gone.add(row_id)
             return
         if row_id in self._gone:
             return  # already forgotten

@@ -76,6 +76,10 @@ def test_a_disk_full_mid_run_then_a_broker_outage_loses_no_event(
     rec = Recorder(broker.port, device)
     try:
         with small_tmpfs(tmp_path / "state", "300k") as state:
+            # other files on the card: removed at the end with the one that fills it, so that the
+            # outbox then has room for a WAL's worth of messages (0.1 MB: 25 pages)
+            ballast = state / "ballast"
+            ballast.write_bytes(b"\0" * 120 * 1024)
             cfg = write_config(
                 tmp_path,
                 device=device,
@@ -90,12 +94,8 @@ def test_a_disk_full_mid_run_then_a_broker_outage_loses_no_event(
                     baseline_mb = rss.samples[-1] if rss.samples else None
                     # 1. the disk fills (whatever statement of the outbox hits it first)
                     filler = fill(state)
-                    mark = rec.mark()
-                    rec.wait_for(
-                        lambda m: m.leaf == "events" and m.payload["kind"] == "storage_error",
-                        20,
-                        "storage_error",
-                        start=mark,
+                    rec.wait_for(  # (it may have filled already)
+                        lambda m: m.leaf == "events" and m.payload["kind"] == "storage_error", 20, "storage_error"
                     )
                     # 2. the broker goes away, the disk still full: everything waits in memory (and the file)
                     subscribed = rec.subscriptions
@@ -120,6 +120,7 @@ def test_a_disk_full_mid_run_then_a_broker_outage_loses_no_event(
                     )
                     # 4. the disk has room again: the outbox goes back to it
                     filler.unlink()
+                    ballast.unlink()
                     room_mark = rec.mark()
                     back = rec.wait_for(
                         lambda m: m.leaf == "events" and m.payload["kind"] == "storage_recovered",
@@ -127,7 +128,12 @@ def test_a_disk_full_mid_run_then_a_broker_outage_loses_no_event(
                         "storage_recovered",
                         start=room_mark,
                     )
-                    rec.stats(lambda s: s["outbox"]["on_disk"], 10, "stats with the outbox on disk", start=back_index(rec, back))
+                    rec.stats(
+                        lambda s: s["outbox"]["on_disk"],
+                        10,
+                        "stats with the outbox on disk",
+                        start=back_index(rec, back),
+                    )
                     stop_agent(agent, rec, rec.mark())
                 finally:
                     rss.stop()

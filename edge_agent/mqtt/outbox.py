@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Container, Iterator
@@ -135,6 +136,7 @@ class Outbox:
         self.recovered_unclean = False
         self._opened = False  # the file was read once: a reopen (after a storage error) is no crash recovery
         self._marked = False  # meta 'clean' = '0' written for this run
+        self._wal_pages = max(WAL_PAGES_MIN, min(WAL_PAGES_MAX, max_bytes // PAGE_SIZE))
         if path is not None:
             if self._connect():
                 self._sync()
@@ -162,9 +164,8 @@ class Outbox:
                 # a bounded page cache (SQLite's default is 2 MB): the outbox is written and read
                 # in order, so a small cache costs nothing, and RSS does not jump at the first outage
                 db.execute("PRAGMA cache_size=-256")
-                wal_pages = max(WAL_PAGES_MIN, min(WAL_PAGES_MAX, self.max_bytes // PAGE_SIZE))
-                db.execute(f"PRAGMA wal_autocheckpoint={wal_pages}")
-                db.execute(f"PRAGMA journal_size_limit={wal_pages * PAGE_SIZE}")
+                db.execute(f"PRAGMA wal_autocheckpoint={self._wal_pages}")
+                db.execute(f"PRAGMA journal_size_limit={self._wal_pages * PAGE_SIZE}")
                 db.executescript(_SCHEMA)
             except sqlite3.DatabaseError as err:
                 db.close()
@@ -284,6 +285,8 @@ class Outbox:
         except sqlite3.Error as err:
             if self._disk_count == 0 and not self._start_afresh(err):
                 return False
+        if was_failing and not self._has_room():
+            return False
         rows = list(self._mem.values())
         try:
             if self._gone:
@@ -313,6 +316,24 @@ class Outbox:
         if was_failing:
             log.info("outbox back on disk at %s", self.path)
         return True
+
+    def _has_room(self) -> bool:
+        """Whether the disk can take what waits in memory (in the WAL, then the file) and a WAL's
+        worth of messages after it. A checkpoint frees a little room on a disk still full: going
+        back on disk for a few messages would only fail again (storage_error, storage_recovered,
+        storage_error every retry)."""
+        assert self.path is not None
+        try:
+            fs = os.statvfs(self.path.parent)
+        except OSError:
+            return True  # cannot tell: the writes will
+        needed = 2 * self._mem_bytes + self._wal_pages * PAGE_SIZE
+        if fs.f_bavail * fs.f_frsize >= needed:
+            return True
+        self._failed(
+            f"outbox write failed: {fs.f_bavail * fs.f_frsize} bytes free in {self.path.parent}, {needed} needed"
+        )
+        return False
 
     def _start_afresh(self, err: sqlite3.Error) -> bool:
         """A WAL cannot be copied into its file when that must grow on a full disk, and until it

@@ -110,6 +110,8 @@ def _jpeg(data: bytes) -> ImageSize:
         if length < 2:
             raise ImageHeaderError(f"JPEG segment of length {length} at byte {pos}")
         pos += length
+    if end < MAX_HEADER_SCAN:
+        raise ImageHeaderError("the image header is cut short")
     raise ImageHeaderError("JPEG without a frame header in its first MiB")
 
 

@@ -210,6 +210,36 @@ def test_unreadable_headers_are_one_line_reasons(data: bytes, phrase: str) -> No
     assert phrase in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("ext", [e for e in ENCODED if e != ".pgm"])
+def test_mutated_headers_never_let_the_decoder_exceed_the_size_read(ext: str) -> None:
+    """A seeded single-byte mutation run over each format's first 256 bytes: the reader either
+    refuses in one line or reads a size, and whenever OpenCV then decodes the mutant, it decodes
+    no more pixels than that size (the check before decoding bounds what decoding allocates)."""
+    rng = np.random.default_rng(sum(map(ord, ext)))
+    img = rng.integers(0, 256, (23, 37, 3)).astype(np.uint8)
+    if ext in (".pfm", ".hdr"):
+        img = img.astype(np.float32) / 255
+    _, buf = cv2.imencode(ext, img)
+    base = buf.tobytes()
+    decoded = 0
+    for _ in range(150):
+        mutant = bytearray(base)
+        mutant[int(rng.integers(0, min(len(base), 256)))] = int(rng.integers(0, 256))
+        try:
+            size = read_image_size(bytes(mutant))
+        except ImageHeaderError as err:
+            assert "\n" not in str(err)
+            continue
+        try:
+            out = cv2.imdecode(np.frombuffer(bytes(mutant), np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:
+            continue
+        if out is not None:
+            decoded += 1
+            assert out.shape[0] * out.shape[1] <= size.pixels, (ext, size, out.shape)
+    assert decoded > 0  # the run exercised the decoder, not only refusals
+
+
 def test_a_header_claim_is_read_whatever_the_size() -> None:
     size = read_image_size(png_claiming(100_000, 100_000))
     assert (size.format, size.pixels) == ("PNG", 10**10)
@@ -346,6 +376,14 @@ def test_csv_row_longer_than_a_line_may_be_is_its_own_problem(tmp_path: Path) ->
     assert_one_line_and_short(problems)
     frames = [i for i in items if isinstance(i, Frame)]
     assert [list(f.values) for f in frames if f.values is not None] == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+
+
+def test_csv_fifo_or_directory_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "rows.csv")
+    with pytest.raises(SourceError, match="is a FIFO"):
+        open_source(SourceConfig(kind="csv", path=str(tmp_path / "rows.csv")))
+    with pytest.raises(SourceError, match="is a directory"):
+        open_source(SourceConfig(kind="csv", path=str(tmp_path)))
 
 
 def test_csv_missing_column_with_a_huge_header_is_quoted_in_part(tmp_path: Path) -> None:

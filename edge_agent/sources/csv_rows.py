@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import stat
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
-from edge_agent.bounded import MAX_QUOTE_CHARS, quote_part
+from edge_agent.bounded import MAX_QUOTE_CHARS, describe_kind, quote_part
 from edge_agent.config import SourceConfig
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import Frame, SourceProblem, Stamp
@@ -77,9 +79,16 @@ class CsvRowSource:
             # utf-8-sig: a spreadsheet's byte-order mark must not become part of the first column
             # name; errors="replace": a bad byte spoils its own cell (a SourceProblem naming the
             # row), not the whole 8 KiB decoder chunk of rows around it
-            self._fh = self._path.open(newline="", encoding="utf-8-sig", errors="replace")
+            # O_NONBLOCK: a FIFO or a device named as the CSV must not block the open; it is then
+            # refused for what it is
+            fd = os.open(self._path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         except OSError as err:
             raise SourceError(f"source.path: cannot open {self._path}: {err.strerror or err}") from None
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise SourceError(f"source.path: {self._path} is {describe_kind(mode)}, not a regular file")
+        self._fh = open(fd, newline="", encoding="utf-8-sig", errors="replace")  # noqa: PTH123, SIM115 - a descriptor, closed in close()
         self._lines = _BoundedLines(self._fh)
         self._reader = csv.reader(self._lines, delimiter=self._delimiter)
         try:

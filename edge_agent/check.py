@@ -33,7 +33,7 @@ def _sample_frames(path: str, pipeline: Pipeline, cfg: AgentConfig) -> list[Fram
         return items
     if p.suffix.lower() not in IMAGE_SUFFIXES:
         return [SourceProblem(p.name, "not an image (.jpg .jpeg .png .bmp) or a .csv file")]
-    img = decode_image(p)
+    img = decode_image(p, cfg.source.max_pixels)
     if isinstance(img, str):
         return [SourceProblem(p.name, img)]
     return [frame_from_pixels(Stamp(), p.name, img, "bgr")]

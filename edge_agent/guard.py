@@ -61,6 +61,14 @@ class Context:
     quantization_note: str | None = None  # set when the input's quantization clips the transform
     delegate: str = "cpu"
     cpu_recheck: str | None = None  # "finite" | "nonfinite" | None (not possible)
+    # what the input is: a diagnosis of "raw 0-255 pixels" is for images, not audio or sensor rows
+    input_kind: InputKind | None = None  # None: not known (judged from the values alone)
+    audio_full_scale: float = 1.0  # the largest audio sample the source scales to (source.wav_scale)
+
+
+InputKind = Literal["image", "audio", "sensor"]
+# the largest value a prepared image input holds when fed raw: 0-255 pixels (a little slack for a mean)
+RAW_PIXEL_MAX = 256.0
 
 
 def count_nonfinite(x: npt.NDArray[np.float32]) -> tuple[int, int, int]:
@@ -99,21 +107,43 @@ def diagnose(stats: InputStats | None, input_info: TensorInfo | None, ctx: Conte
                 f"input not normalized (mean {stats.mean:.4g}, max {stats.maximum:.4g}; the model expects about "
                 f"[{lo:g}, {hi:g}]{' per ' + ctx.range_origin if ctx.range_origin else ''}): check [preprocess] scale, mean and std"
             )
-    if not input_info.is_integer and stats.maximum > 20.0 and stats.minimum >= 0.0:
-        return (
-            f"{rng}: the input looks like raw 0-255 pixels fed to a float model; if it was trained on [0, 1] "
-            "or normalized input, set [preprocess] scale = 0.00392156862745098 (1/255) and its mean/std"
-        )
-    if not input_info.is_integer and (abs(stats.maximum) > 1e3 or abs(stats.minimum) > 1e3):
-        return (
-            f"{rng}: the input is far outside any usual training range; check [preprocess] (scale, mean, std, features)"
-        )
+    far = _far_outside(stats, input_info, ctx)
+    if far is not None:
+        return f"{rng}: {far}"
     if ctx.delegate != "cpu" and ctx.cpu_recheck is None:
         return f"{rng}: the input looks plausible, so the model itself or its {ctx.delegate} delegate produced the non-finite values"
     return (
         f"{rng}: the input looks plausible (within its range), so the model is numerically unstable for this input "
         "(an op such as log, sqrt or a division in the graph meets a value it cannot take)"
     )
+
+
+def _far_outside(stats: InputStats, input_info: TensorInfo, ctx: Context) -> str | None:
+    """What an input far from what a float model takes says, by what kind of input it is."""
+    if input_info.is_integer:
+        return None
+    peak = max(abs(stats.maximum), abs(stats.minimum))
+    if ctx.input_kind == "audio":
+        full = ctx.audio_full_scale
+        if peak <= 1.5 * full:
+            return None
+        return (
+            f"audio samples reach {peak:.4g}, beyond the full scale ±{full:g} the source scales to: the file holds "
+            "float samples that are not normalized audio (a float WAV holds [-1, 1]), or corrupt data"
+        )
+    if ctx.input_kind in (None, "image") and 20.0 < stats.maximum <= RAW_PIXEL_MAX and stats.minimum >= 0.0:
+        return (
+            "the input looks like raw 0-255 pixels fed to a float model; if it was trained on [0, 1] "
+            "or normalized input, set [preprocess] scale = 0.00392156862745098 (1/255) and its mean/std"
+        )
+    if peak <= 1e3:
+        return None
+    if ctx.input_kind == "sensor":
+        return (
+            "sensor values far outside any usual training range: check [[preprocess.features]] (mean, std, and "
+            "min/max to hold a broken sensor's readings)"
+        )
+    return "the input is far outside any usual training range; check [preprocess] (scale, mean, std, features)"
 
 
 def check_outputs(

@@ -41,6 +41,7 @@ from edge_agent.runtime.loader import LoadedModel, load_model
 from edge_agent.runtime.tflite_file import labels_from_metadata
 from edge_agent.runtime.worker import BackendFactory, WorkerModel, open_model
 from edge_agent.sources.base import Frame
+from edge_agent.sources.wav_source import SCALES
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +299,8 @@ class Pipeline:
             quantization_note=note,
             delegate=self.model.delegate,
             cpu_recheck=self._cpu_recheck(),
+            input_kind="image" if not self.pre.vector else "audio" if self.cfg.source.kind == "wav" else "sensor",
+            audio_full_scale=SCALES[self.cfg.source.wav_scale],
         )
 
     def _cpu_recheck(self) -> str | None:

@@ -9,6 +9,9 @@ from pydantic import Field, model_validator
 from edge_agent.config._base import Section
 from edge_agent.config._types import MqttStr, PathStr, TextStr
 
+# see SourceConfig.max_pixels
+DEFAULT_MAX_PIXELS = 50_000_000
+
 SourceKind = Literal["picamera2", "opencv", "images", "synthetic", "csv", "wav", "mqtt"]
 
 
@@ -99,6 +102,16 @@ class SourceConfig(Section):
     )
     images_move_to: PathStr | None = Field(
         default=None, description="folder taken files go to with images_after = 'move'"
+    )
+    # A decoder allocates what an image's header claims (a 74-byte PNG can claim 10 gigapixels),
+    # so the size is read from the header and checked before decoding. 50 MP is above every Pi
+    # camera's still (HQ 12.3 MP, Camera Module 3 11.9 MP) and most phone photos (12-48 MP);
+    # decoded, a 50 MP image is 150 MB of BGR, which a 1 GB Pi holds. Raise it for a 64 MP sensor.
+    max_pixels: int = Field(
+        default=DEFAULT_MAX_PIXELS,
+        ge=1,
+        le=1 << 30,  # OpenCV's own hard limit (CV_IO_MAX_IMAGE_PIXELS)
+        description="an image file whose header declares more pixels (width × height) is skipped, not decoded",
     )
     images_settle_s: float = Field(
         default=2.0,

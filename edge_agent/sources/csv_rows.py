@@ -9,15 +9,58 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import stat
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
+from edge_agent.bounded import MAX_QUOTE_CHARS, describe_kind, quote_part
 from edge_agent.config import SourceConfig
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import Frame, SourceProblem, Stamp
 
 _MISSING = {"", "na", "nan", "null", "none"}
+# the longest line read: a row of 10,000 features of 100 characters each. A longer line (a
+# 10 MB header, a file that is not CSV) is that line's problem, quoted only in part
+MAX_LINE_CHARS = 1 << 20
+_SKIP_CHARS = 1 << 16  # the rest of a too-long line is read and dropped this much at a time
+
+
+class _LineTooLong(Exception):  # noqa: N818 - internal: raised through csv.reader, caught in this module
+    def __init__(self, line: int, head: str, length: int) -> None:
+        self.line, self.head, self.length = line, head, length
+        super().__init__(f"line {line} is {length} characters")
+
+    def describe(self) -> str:
+        return f"line of {self.length} characters, more than the {MAX_LINE_CHARS} allowed: {quote_part(self.head)}…"
+
+
+class _BoundedLines:
+    """The file's lines for csv.reader, each at most MAX_LINE_CHARS: a longer one is read to its
+    end in small pieces and dropped, and raises `_LineTooLong` (csv.reader passes it on and starts
+    its next row afresh). `line_num` counts physical lines, the dropped ones too."""
+
+    def __init__(self, fh: TextIO) -> None:
+        self._fh = fh
+        self.line_num = 0
+
+    def __iter__(self) -> _BoundedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._fh.readline(MAX_LINE_CHARS + 1)
+        if not line:
+            raise StopIteration
+        self.line_num += 1
+        if len(line) <= MAX_LINE_CHARS or line.endswith(("\n", "\r")):
+            return line
+        head, length = line[:MAX_QUOTE_CHARS], len(line)
+        while line and not line.endswith(("\n", "\r")):
+            line = self._fh.readline(_SKIP_CHARS)
+            length += len(line)
+        raise _LineTooLong(self.line_num, head, length)
 
 
 class CsvRowSource:
@@ -36,21 +79,34 @@ class CsvRowSource:
             # utf-8-sig: a spreadsheet's byte-order mark must not become part of the first column
             # name; errors="replace": a bad byte spoils its own cell (a SourceProblem naming the
             # row), not the whole 8 KiB decoder chunk of rows around it
-            self._fh = self._path.open(newline="", encoding="utf-8-sig", errors="replace")
+            # O_NONBLOCK: a FIFO or a device named as the CSV must not block the open; it is then
+            # refused for what it is
+            fd = os.open(self._path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         except OSError as err:
             raise SourceError(f"source.path: cannot open {self._path}: {err.strerror or err}") from None
-        self._reader = csv.reader(self._fh, delimiter=self._delimiter)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise SourceError(f"source.path: {self._path} is {describe_kind(mode)}, not a regular file")
+        self._fh = open(fd, newline="", encoding="utf-8-sig", errors="replace")  # noqa: PTH123, SIM115 - a descriptor, closed in close()
+        self._lines = _BoundedLines(self._fh)
+        self._reader = csv.reader(self._lines, delimiter=self._delimiter)
         try:
             header = [h.strip() for h in next(self._reader)]
         except StopIteration:
+            self._fh.close()
             raise SourceError(f"source.path: {self._path} is empty (a header row is needed)") from None
-        except (csv.Error, UnicodeDecodeError) as err:
-            raise SourceError(f"source.path: {self._path} header is not valid CSV: {err}") from None
+        except (csv.Error, UnicodeDecodeError, _LineTooLong) as err:
+            self._fh.close()
+            why = err.describe() if isinstance(err, _LineTooLong) else quote_part(str(err))
+            raise SourceError(f"source.path: {self._path} header is not valid CSV: {why}") from None
         if self._wanted:
             missing = [c for c in self._wanted if c not in header]
             if missing:
+                self._fh.close()
                 raise SourceError(
-                    f"source.path: {self._path.name} has no column(s) {', '.join(missing)} (header: {', '.join(header)})"
+                    f"source.path: {self._path.name} has no column(s) {quote_part(', '.join(missing))} "
+                    f"(header: {quote_part(', '.join(header))})"
                 )
             self._columns = [header.index(c) for c in self._wanted]
             self._names = tuple(self._wanted)
@@ -64,15 +120,17 @@ class CsvRowSource:
     def _where(self, first: int) -> str:
         """`file:line`, or `file:first-last` for a row whose quoted cell spans lines (or a quote
         never closed, which swallows the lines after it)."""
-        last = self._reader.line_num
+        last = self._lines.line_num
         return f"{self._path.name}:{first}" if last <= first else f"{self._path.name}:{first}-{last}"
 
     def read(self) -> Frame | SourceProblem | None:
-        first = self._reader.line_num + 1
+        first = self._lines.line_num + 1
         try:
             row = next(self._reader, None)
+        except _LineTooLong as err:
+            return SourceProblem(self._where(first), err.describe())
         except (csv.Error, UnicodeDecodeError) as err:
-            return SourceProblem(self._where(first), f"unreadable CSV row: {err}")
+            return SourceProblem(self._where(first), f"unreadable CSV row: {quote_part(str(err))}")
         if row is None:
             if not self._loop or self._rows_since_open == 0:
                 # a file with no rows after its header has nothing to loop over
@@ -95,9 +153,11 @@ class CsvRowSource:
             try:
                 v = float(cell)
             except ValueError:
-                return SourceProblem(where, f"column {self._names[i]!r}: {cell[:30]!r} is not a number")
+                return SourceProblem(where, f"column {quote_part(repr(self._names[i]))}: {cell[:30]!r} is not a number")
             if not math.isfinite(v):
-                return SourceProblem(where, f"column {self._names[i]!r}: {cell[:30]!r} is not a finite number")
+                return SourceProblem(
+                    where, f"column {quote_part(repr(self._names[i]))}: {cell[:30]!r} is not a finite number"
+                )
             values[i] = v
         seq, ts, mono = self._stamp.next()
         return Frame(seq=seq, ts=ts, mono=mono, source=where, values=values, names=self._names)

@@ -8,9 +8,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_agent.bounded import FileReadError, quote_part, read_bytes_bounded
 from edge_agent.config import SourceConfig
+from edge_agent.config.source import DEFAULT_MAX_PIXELS
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import Frame, SourceProblem, Stamp, frame_from_pixels
+from edge_agent.sources.image_header import ImageHeaderError, read_image_size
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -53,21 +56,65 @@ def incomplete_reason(head: bytes, tail: bytes, size: int) -> str | None:
     return None
 
 
-def decode_image(path: Path) -> np.ndarray | str:
-    """The image as BGR uint8 H×W×3, or a one-line reason it cannot be used."""
+def max_image_bytes(max_pixels: int) -> int:
+    """The largest file an image of `max_pixels` can be: 8 bytes a pixel (16-bit RGBA stored
+    uncompressed, the widest of the formats read) plus room for headers and metadata. A file
+    beyond it is not read whole into memory."""
+    return max_pixels * 8 + (16 << 20)
+
+
+def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | str:
+    """The image as BGR uint8 H×W×3, or a one-line reason it cannot be used.
+
+    Whatever is wrong with the file is the file's problem, returned as the reason: the size its
+    header declares is checked against `max_pixels` before the decoder allocates it, and an
+    error OpenCV raises (its own pixel limit, a corrupt stream) is caught, so one bad file never
+    ends or restarts the source."""
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        raw = read_bytes_bounded(path, what="image", max_bytes=max_image_bytes(max_pixels))
     except OSError as err:
-        return f"cannot read {path.name}: {err.strerror or err}"
-    if data.size == 0:
+        why = str(err) if isinstance(err, FileReadError) else (err.strerror or str(err))
+        return f"cannot read {path.name}: {quote_part(why)}"
+    if not raw:
         return f"{path.name} is empty"
-    cut = incomplete_reason(data[:16].tobytes(), data[-TAIL_BYTES:].tobytes(), int(data.size))
+    cut = incomplete_reason(raw[:16], raw[-TAIL_BYTES:], len(raw))
     if cut is not None:
         return f"{path.name} is a {cut}"
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        size = read_image_size(raw)
+    except ImageHeaderError as err:
+        return f"{path.name} is not a decodable JPEG/PNG/BMP image: {err}"
+    if size.pixels > max_pixels:
+        return (
+            f"{path.name} is a {size.format} of {size.width}×{size.height} = {size.pixels / 1e6:.1f} megapixels, "
+            f"more than source.max_pixels = {max_pixels} ({max_pixels / 1e6:g} MP): not decoded"
+        )
+    try:
+        img = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as err:
+        return f"{path.name} is not a decodable JPEG/PNG/BMP image: {quote_part(_opencv_reason(err))}"
     if img is None:
-        return f"{path.name} is not a decodable JPEG/PNG/BMP image"
+        return f"{path.name} is not a decodable JPEG/PNG/BMP image (OpenCV rejects its {size.format} data)"
+    if img.shape[0] * img.shape[1] > max_pixels:  # a decoder that did not follow the header
+        return f"{path.name} decoded to {img.shape[1]}×{img.shape[0]} pixels, more than source.max_pixels"
     return np.ascontiguousarray(img)
+
+
+def decode_image_or_reason(path: Path, max_pixels: int) -> np.ndarray | str:
+    """`decode_image`, with anything it raises made the file's reason: a source goes on past one
+    bad file whatever went wrong with it (a source restarted by one file would read the files
+    before it again, forever when the file stays)."""
+    try:
+        return decode_image(path, max_pixels)
+    except Exception as err:  # noqa: BLE001 - reported as the file's problem, with its type
+        return f"{path.name} could not be decoded: {type(err).__name__}: {quote_part(str(err))}"
+
+
+def _opencv_reason(err: Exception) -> str:
+    """OpenCV's message without its file/line preamble: "(-215:Assertion failed) ... in function 'x'"."""
+    text = " ".join(str(err).split())
+    at = text.find(" error: ")
+    return text[at + len(" error: ") :] if at >= 0 else text
 
 
 class ImageFolderSource:
@@ -78,6 +125,7 @@ class ImageFolderSource:
         if not self._files:
             raise SourceError(f"source.path: no JPEG/PNG/BMP images match {cfg.path}")
         self._loop = cfg.loop
+        self._max_pixels = cfg.max_pixels
         self._next = 0
         self._stamp = Stamp()
 
@@ -88,7 +136,7 @@ class ImageFolderSource:
             self._next = 0
         path = self._files[self._next]
         self._next += 1
-        img = decode_image(path)
+        img = decode_image_or_reason(path, self._max_pixels)
         if isinstance(img, str):
             return SourceProblem(path.name, img)
         return frame_from_pixels(self._stamp, path.name, img, "bgr")

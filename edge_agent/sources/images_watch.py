@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from edge_agent.sources.base import (
     Stamp,
     frame_from_pixels,
 )
-from edge_agent.sources.images import IMAGE_SUFFIXES, TAIL_BYTES, decode_image, incomplete_reason
+from edge_agent.sources.images import IMAGE_SUFFIXES, TAIL_BYTES, decode_image_or_reason, incomplete_reason
 
 POLL_S = 0.2
 
@@ -57,12 +58,19 @@ class _Pending:
 def _has_end_marker(path: Path, size: int) -> bool:
     """Whether the file ends like a complete image (False if it cannot be read now)."""
     try:
-        with path.open("rb") as fh:
-            head = fh.read(16)
-            fh.seek(max(size - TAIL_BYTES, 0))
-            tail = fh.read(TAIL_BYTES)
+        # O_NONBLOCK: a FIFO swapped in under an image's name cannot block the open
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.pread(fd, 16, 0)
+        tail = os.pread(fd, TAIL_BYTES, max(size - TAIL_BYTES, 0))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     # a format we cannot check (not an image at all) has no marker to wait for: the settle time decides
     return bool(head) and incomplete_reason(head, tail, size) is None and _known_format(head)
 
@@ -92,6 +100,7 @@ class WatchedFolderSource:
                     f"source.images_move_to: cannot create {self._move_to}: {err.strerror or err}"
                 ) from None
         self._settle = cfg.images_settle_s
+        self._max_pixels = cfg.max_pixels
         self._stamp = Stamp()
         self._taken: dict[str, _Version] = {}  # name → the version already taken
         self._pending: dict[str, _Pending] = {}  # name → a version not yet complete
@@ -164,7 +173,7 @@ class WatchedFolderSource:
                 return self._problems.popleft()
             if self._ready:
                 path = self._folder / self._ready.popleft()
-                img = decode_image(path)
+                img = decode_image_or_reason(path, self._max_pixels)
                 self._dispose(path)
                 if isinstance(img, str):
                     return SourceProblem(path.name, img)

@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import paho.mqtt.client as mqtt
 
+from edge_agent.bounded import quote_part
 from edge_agent.bounded_json import MAX_FLOAT_TEXT_CHARS, JsonLimitError, loads_bounded
 from edge_agent.config import MqttConfig, SourceConfig
 from edge_agent.mqtt.link import connect_async, describe_connect_error, load_credentials, load_tls, make_client
@@ -91,7 +92,7 @@ class RowParser:
         if "values" in doc and "values" not in self._index:
             extra = sorted(k for k in doc if k != "values")
             if extra:
-                return f"unexpected key(s) beside values: {', '.join(map(repr, extra[:5]))}"
+                return f"unexpected key(s) beside values: {quote_part(', '.join(map(repr, extra[:5])))}"
             if not isinstance(doc["values"], list):
                 return f"values: expected an array, got {_kind(doc['values'])}"
             return self._positional(doc["values"], ts)
@@ -99,7 +100,7 @@ class RowParser:
 
     def _positional(self, items: list[Any], ts: float | None) -> Row | str:
         if self.names and len(items) != len(self.names):
-            return f"{len(items)} values, the model takes {len(self.names)} ({', '.join(self.names)})"
+            return f"{len(items)} values, the model takes {len(self.names)} ({quote_part(', '.join(self.names))})"
         if not items:
             return "no values"
         out = np.empty(len(items), dtype=np.float64)
@@ -116,14 +117,17 @@ class RowParser:
             return "values by name need feature names ([[preprocess.features]] or source.columns)"
         unknown = sorted(k for k in doc if k not in self._index)
         if unknown:
-            return f"unknown feature(s) {', '.join(map(repr, unknown[:5]))} (expected: {', '.join(self.names)})"
+            return (
+                f"unknown feature(s) {quote_part(', '.join(map(repr, unknown[:5])))} "
+                f"(expected: {quote_part(', '.join(self.names))})"
+            )
         if not doc:
             return "no values"
         out = np.full(len(self.names), math.nan, dtype=np.float64)  # a feature left out is missing
         for name, v in doc.items():
             x = _number(v)
             if isinstance(x, str):
-                return f"{name!r}: {x}"
+                return f"{quote_part(repr(name))}: {x}"
             out[self._index[name]] = x
         return Row(out, ts)
 

@@ -10,6 +10,8 @@ does not understand is a `WavFormatError` with a one-line reason.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,8 @@ from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
+
+from edge_agent.bounded import describe_kind
 
 PCM = 0x0001
 IEEE_FLOAT = 0x0003
@@ -31,8 +35,11 @@ _KNOWN = {
     0x0050: "MPEG",
     0x0055: "MP3",
 }
+# sane ranges for a header's values: a header is a claim, and what it claims sizes buffers and
+# the resampler's work (a file "at 1 Hz" resampled to 48 kHz is 48,000 samples out per sample in)
 MAX_CHANNELS = 64
-MAX_RATE = 1_000_000
+MIN_RATE = 100  # below any audio; slow sensor logs written as WAV (vibration, seismic) are 100 Hz and up
+MAX_RATE = 1_000_000  # above any recorder (ultrasonic bat detectors record at 250-500 kHz)
 _FLOAT_DTYPES = {32: "<f4", 64: "<f8"}
 _INT_DTYPES = {8: "u1", 16: "<i2", 32: "<i4"}
 
@@ -87,8 +94,10 @@ def _parse_fmt(body: bytes) -> tuple[int, int, int, int]:
         raise WavFormatError("the header says 0 channels")
     if channels > MAX_CHANNELS:
         raise WavFormatError(f"the header says {channels} channels (at most {MAX_CHANNELS} are read)")
-    if rate == 0 or rate > MAX_RATE:
-        raise WavFormatError(f"the header says a sample rate of {rate} Hz")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise WavFormatError(
+            f"the header says a sample rate of {rate} Hz (a recording's is from {MIN_RATE} to {MAX_RATE} Hz)"
+        )
     if tag == PCM:
         if bits not in (8, 16, 24, 32):
             raise WavFormatError(f"{bits}-bit PCM is not supported (8, 16, 24 or 32 bits)")
@@ -155,11 +164,18 @@ class WavReader:
     def __init__(self, path: Path, *, chunk_frames: int = 16384) -> None:
         self.path = path
         try:
-            self._fh: io.BufferedReader = path.open("rb")
+            # O_NONBLOCK: a FIFO (or a device) under a .wav name must not block the open; it is
+            # then refused for what it is
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         except OSError as err:
             raise WavFormatError(f"cannot open: {err.strerror or err}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise WavFormatError(f"is {describe_kind(st.st_mode)}, not a regular file")
+        self._fh: io.BufferedReader = os.fdopen(fd, "rb")
         try:
-            size = path.stat().st_size
+            size = st.st_size
             self.info = read_header(self._fh, size)
             self._fh.seek(self.info.data_offset)
         except (WavFormatError, OSError) as err:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.bounded import quote_part
 from edge_agent.config import SourceConfig
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import MIN_LENT, Frame, SourceProblem, Stamp
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 WAV_SUFFIXES = (".wav", ".wave")
 SCALES = {"float": 1.0, "int16": 32768.0}
 CHUNK_FRAMES = 16384
+# the most samples one resampler call may give: a chunk is fed in pieces small enough for this
+# whatever the ratio, so the resampler's output and the fifo stay bounded (a file at 100 Hz
+# resampled to 384 kHz would otherwise turn one 16,384-frame chunk into 63 M samples, 250 MB)
+RESAMPLED_MAX = 4 * CHUNK_FRAMES
+_NO_SAMPLES = np.zeros(0, dtype=np.float32)
 
 
 def list_wavs(pattern: str) -> list[Path]:
@@ -139,6 +145,8 @@ class WavSource:
         self._reader: WavReader | None = None
         self._resampler: Any = None  # soxr.ResampleStream for the current file's rate
         self._resampler_rate = 0
+        self._piece = CHUNK_FRAMES  # input samples per resampler call (see RESAMPLED_MAX)
+        self._backlog = _NO_SAMPLES  # the rest of a chunk read, not yet resampled
         self._file_windows = 0  # windows cut from the current file
         self._file_ended = False  # the current file's samples are all in the fifo
         self._pass_windows = 0  # windows cut in this pass over the files
@@ -175,12 +183,15 @@ class WavSource:
                 notes.append(f"resampled to {self._rate} Hz")
             log.info("%s: %s", path.name, "; ".join(notes))
         self._reader = reader
+        self._backlog = _NO_SAMPLES
         self._fifo.clear()
         self._file_windows = 0
         self._file_ended = False
         return True
 
     def _prepare_resampler(self, path: Path, rate: int) -> SourceProblem | None:
+        # soxr gives about len × ratio samples per call, plus its filter's delay when flushed
+        self._piece = max(1, min(CHUNK_FRAMES, RESAMPLED_MAX * rate // self._rate))
         if self._resampler is not None and self._resampler_rate == rate:
             self._resampler.clear()
             return None
@@ -192,7 +203,11 @@ class WavSource:
                 f"is at {rate} Hz but the model takes {self._rate} Hz, and resampling needs the soxr package "
                 "(pip install 'edge-agent[audio]')",
             )
-        self._resampler = soxr.ResampleStream(rate, self._rate, 1, dtype="float32", quality="HQ")
+        try:
+            self._resampler = soxr.ResampleStream(rate, self._rate, 1, dtype="float32", quality="HQ")
+        except (ValueError, RuntimeError, MemoryError) as err:
+            self._resampler = None
+            return SourceProblem(path.name, f"cannot resample {rate} Hz to {self._rate} Hz: {quote_part(str(err))}")
         self._resampler_rate = rate
         return None
 
@@ -225,20 +240,33 @@ class WavSource:
         """Move one chunk of the current file into the fifo (resampled); at the end, flush."""
         reader = self._reader
         assert reader is not None
+        resampling = reader.info.rate != self._rate
+        if resampling and self._backlog.size:
+            # one piece at a time: read() cuts windows between pieces, so the fifo stays small
+            piece, self._backlog = self._backlog[: self._piece], self._backlog[self._piece :]
+            self._fifo.push(self._resampler.resample_chunk(piece))
+            return None
         try:
             chunk = reader.read()
-        except (WavFormatError, OSError) as err:
-            msg = str(err) if isinstance(err, WavFormatError) else f"cannot read: {err.strerror or err}"
+        except Exception as err:  # noqa: BLE001 - whatever it is, it is this file's problem
+            if isinstance(err, WavFormatError):
+                msg = str(err)
+            elif isinstance(err, OSError):
+                msg = f"cannot read: {err.strerror or err}"
+            else:
+                msg = f"cannot read: {type(err).__name__}: {quote_part(str(err))}"
             self._reader = None
             reader.close()
             return SourceProblem(reader.path.name, msg + " (the rest of the file was skipped)")
-        resampling = reader.info.rate != self._rate
         if chunk is None:
             self._file_ended = True
             if resampling:
-                self._fifo.push(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+                self._fifo.push(self._resampler.resample_chunk(_NO_SAMPLES, last=True))
             return None
-        self._fifo.push(self._resampler.resample_chunk(chunk) if resampling else chunk)
+        if resampling:
+            self._backlog = chunk  # a view of the reader's buffer, used up before its next read()
+            return self._pull()
+        self._fifo.push(chunk)
         return None
 
     def _emit(self, name: str, *, pad: bool = False) -> Frame:
@@ -297,4 +325,5 @@ class WavSource:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        self._backlog = _NO_SAMPLES
         self._files = []

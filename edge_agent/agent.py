@@ -178,8 +178,9 @@ class Agent:
             "paused": commands is not None and commands.paused,
         }
 
-    def _refresh_status(self) -> None:
-        self.status.update(
+    def _refresh_status(self) -> bool:
+        """Publish the status if the parts' states changed it; returns whether it did."""
+        return self.status.update(
             compute_state(
                 model_loaded=self.models.pipeline is not None,
                 source_open=self.sources.is_open,
@@ -191,7 +192,10 @@ class Agent:
         """The model supervisor replaces the pipeline: the lane lets go of the old one first."""
         if old is not None:
             self._count_dropped(self.lane.retire(old))
-        self.link.publish_status(self.status.state)  # the status names the model and delegate
+        if self._stop.is_set():
+            return  # the stop closes the model: the next status says offline
+        if not self._refresh_status():
+            self.link.publish_status(self.status.state)  # the status names the model and delegate
 
     def _on_paused(self, paused: bool) -> None:
         self.link.publish_status(self.status.state)
@@ -446,8 +450,10 @@ class Agent:
         return {**detail, "frame": frame_evidence(frame), **self.models.detail()}
 
     def _escalate(self, step: Step) -> None:
+        if step is not None:
+            self._refresh_status()  # degraded at once, online again at once
         if step != "act":
-            return  # degrade and recover: the status follows the escalation's state
+            return
         action = self.cfg.guard.on_persistent_fault
         n = self.escalation.faults
         if action == "none" or self.models.pipeline is None:

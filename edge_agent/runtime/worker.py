@@ -33,8 +33,10 @@ import ctypes
 import json
 import multiprocessing as mp
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -57,6 +59,46 @@ _INVOKE = b"i"
 _QUIT = b"q"
 _OK = b"ok"
 PR_SET_PDEATHSIG = 1
+
+
+class _SpawnKeeper:
+    """Starts worker processes from one thread that lives as long as the agent.
+
+    The worker asks the kernel for SIGKILL when its parent dies (PR_SET_PDEATHSIG), so that it
+    never outlives an agent killed with SIGKILL. But "parent" there is the *thread* that forked
+    it: a worker started from a short-lived thread (a model built off the loop) would be killed
+    as soon as that thread ends. So every start goes through this thread, which never ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], None], threading.Event, list[BaseException]]] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+
+    def run(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="worker-spawner", daemon=True)
+                self._thread.start()
+        done, errors = threading.Event(), list[BaseException]()
+        self._jobs.put((fn, done, errors))
+        done.wait()
+        if errors:
+            raise errors[0]
+
+    def _serve(self) -> None:
+        while True:
+            fn, done, errors = self._jobs.get()
+            try:
+                fn()
+            except BaseException as err:  # noqa: BLE001 - handed back to the caller
+                errors.append(err)
+            finally:
+                done.set()
+
+
+_KEEPER = _SpawnKeeper()
 
 
 def _nbytes(info: TensorInfo) -> int:
@@ -290,7 +332,7 @@ class WorkerModel:
             name="edge-agent-inference",
             daemon=True,
         )
-        proc.start()
+        _KEEPER.run(proc.start)
         child.close()
         return proc, parent
 

@@ -29,10 +29,11 @@ from edge_agent.core.config import ConfigController
 from edge_agent.core.evidence import frame_evidence
 from edge_agent.core.lane import InferenceLane, OverlapLane, lane_for
 from edge_agent.core.lease import Lease
+from edge_agent.core.metrics_endpoint import start_metrics
 from edge_agent.core.models import ModelSupervisor
 from edge_agent.core.publisher import Publisher
 from edge_agent.core.sources import Idle, SourceSupervisor
-from edge_agent.core.status import Status, compute_state
+from edge_agent.core.status import Status, compute_state, status_payload, status_text
 from edge_agent.core.watchdog import Watchdog
 from edge_agent.errors import ModelError
 from edge_agent.escalation import Escalation, Step
@@ -159,24 +160,12 @@ class Agent:
         self.publisher.raise_event(kind, severity, message, detail)
 
     def _status_payload(self, state: str) -> dict[str, Any]:
-        p = self.models.pipeline
-        model = (
-            {"name": p.model.name, "sha256": p.model.file.sha256, "delegate": p.model.delegate}
-            if p is not None
-            else {"name": Path(self.cfg.model.path).name, "sha256": None, "delegate": None}
-        )
         # the link asks for the Last Will's payload while it is built, before the command handler
         commands = getattr(self, "commands", None)
-        return {
-            "state": state,
-            "version": __version__,
-            "model": model,
-            "interpreter": self.interpreter_name,
-            "since": round(self.status.since, 3),
-            # SPEC fixes `state`; a paused agent is online but publishes nothing, which a consumer
-            # must be able to tell from a stuck one
-            "paused": commands is not None and commands.paused,
-        }
+        paused = commands is not None and commands.paused
+        return status_payload(
+            state, self.status.since, self.models.pipeline, self.cfg, interpreter=self.interpreter_name, paused=paused
+        )
 
     def _refresh_status(self) -> bool:
         """Publish the status if the parts' states changed it; returns whether it did."""
@@ -255,29 +244,7 @@ class Agent:
             self.link.subscribe(topic, self.inbox.on_config, self.inbox.reject)
 
     def _start_metrics(self) -> None:
-        """The optional /metrics endpoint; a failure is reported and the agent goes on without it."""
-        m = self.cfg.metrics
-        if not m.enabled:
-            return
-        detail = {"bind": m.bind, "port": m.port}
-        try:
-            from edge_agent.metrics import MetricsEndpoint  # noqa: PLC0415 - the optional `metrics` extra
-        except ImportError:
-            self.raise_event(
-                "metrics_error",
-                "error",
-                "metrics.enabled = true needs prometheus-client (pip install 'edge-agent[metrics]'): going on without /metrics",
-                detail,
-            )
-            return
-        endpoint = MetricsEndpoint(m, device=self.cfg.device.id, version=__version__)
-        try:
-            endpoint.start()
-        except OSError as err:
-            self.raise_event("metrics_error", "error", f"{err}: going on without /metrics", detail)
-            return
-        self.metrics = endpoint
-        log.info("serving /metrics on %s:%d", *(endpoint.address or (m.bind, m.port)))
+        self.metrics = start_metrics(self.cfg, self.raise_event)
 
     def stop(self) -> None:
         self._stop.set()
@@ -319,6 +286,7 @@ class Agent:
         self._refresh_status()
         if self.paused or self.models.pipeline is None or not self.sources.flowing:
             self.lane.complete()
+            self.commands.cancel_pending("no frames are flowing (paused, finished or degraded)")
             self._idle(IDLE_SLEEP_S)
             return
         self._next_frame()
@@ -473,12 +441,8 @@ class Agent:
 
     # ---- stats and the stop -----------------------------------------------------------------
     def _status_text(self) -> str:
-        p = self.models.pipeline
-        model = f"{p.model.name} ({p.model.delegate})" if p is not None else "no model"
-        avg_fps = self.stats.frames / max(time.monotonic() - self.stats.started, 1e-6)
-        broker = "broker connected" if self.link.connected else "broker unreachable"
         depth = self.publisher.outbox.depth().count
-        return f"{self.state}; {model}; {avg_fps:.1f} fps average; {broker}; outbox {depth}"
+        return status_text(self.state, self.models.pipeline, self.stats, self.link.connected, depth)
 
     def _publish_stats(self) -> None:
         self.sources.publish_counters()
@@ -487,6 +451,7 @@ class Agent:
     def _shutdown(self) -> None:
         self.notifier.stopping()
         self.lane.close()  # the frame in flight is finished and its result published
+        self.commands.cancel_pending("the agent is stopping")
         self.config.close()
         self.publisher.flush()
         self._publish_stats()

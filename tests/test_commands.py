@@ -219,3 +219,36 @@ def test_reload_keeps_the_running_model_when_the_new_file_is_missing_or_corrupt_
         assert command("resume", "r")["ok"] is True
         col.wait_for(lambda m: m.leaf == "status" and m.payload.get("paused") is False, 10, "status resumed")
         assert agent.running()
+
+
+def test_a_snapshot_asked_for_before_a_pause_is_answered_all_the_same(
+    tmp_path: Path, mosquitto: LocalBroker, device: str, col: Collector
+) -> None:
+    """A snapshot waits for the next frame; a pause right behind it means no frame comes: the
+    snapshot is answered then (ok false), not left waiting for a resume that may never come."""
+    cfg = write_config(
+        tmp_path,
+        device=device,
+        port=mosquitto.port,
+        sections={
+            "source": {"kind": "images", "path": str(BUNDLED / "digits_frames"), "loop": True, "fps": 2},
+            "model": {"path": str(BUNDLED / "digits_uint8.tflite"), "interpreter": INTERPRETER},
+        },
+    )
+    base = f"edge/{device}"
+    with AgentProcess(cfg):
+        col.wait_for(lambda m: m.leaf == "results", 30, "results")
+        mark = col.mark()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2)
+        client.connect("127.0.0.1", mosquitto.port)
+        client.loop_start()
+        try:
+            for name, cid in (("snapshot", "s1"), ("snapshot", "s2"), ("pause", "p")):
+                client.publish(f"{base}/cmd/{name}", json.dumps({"id": cid}), qos=1).wait_for_publish(10)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        for cid in ("s1", "s2", "p"):
+            col.wait_for(lambda m, c=cid: m.leaf == "cmd/result" and m.payload.get("id") == c, 15, cid, start=mark)
+        answers = [m.payload for m in col.snapshot()[mark:] if m.leaf == "cmd/result"]
+        assert sorted(a["id"] for a in answers) == ["p", "s1", "s2"], answers

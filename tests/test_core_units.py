@@ -342,3 +342,81 @@ def test_a_background_build_hands_over_its_value_or_its_error() -> None:
         slow.result()
     gate.set()
     assert slow.wait(5.0) and slow.result() is True
+
+
+# ---- probation and rollback, with fakes ------------------------------------------------------
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.answers: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str]] = []
+        self.config_state_due = False
+
+    def answer_update(self, payload: dict[str, Any]) -> None:
+        self.answers.append(payload)
+
+    def raise_event(self, kind: str, severity: str, message: str, detail: Any = None) -> None:
+        self.events.append((kind, message))
+
+
+class FakeRemote:
+    def __init__(self) -> None:
+        self.rolled_back: list[int] = []
+
+    def roll_back(self, version: int, overlay: dict[str, Any], why: str) -> None:
+        self.rolled_back.append(version)
+
+
+class FakeModels:
+    def __init__(self, pipeline: FakePipeline, cfg: AgentConfig) -> None:
+        self.pipeline = pipeline
+        self.cfg = cfg
+
+    def detail(self) -> dict[str, Any]:
+        return {}
+
+
+from edge_agent.core.config import ConfigController  # noqa: E402
+from edge_agent.remote.probation import Probation  # noqa: E402
+
+
+def controller_on_probation(frames: int, faults: int) -> tuple[Any, FakePublisher, FakeRemote, list[Any], FakePipeline]:
+
+    h = Harness()
+    old, new = FakePipeline("old.tflite"), FakePipeline("new.tflite")
+    pub, remote, adopted = FakePublisher(), FakeRemote(), []
+    c = ConfigController(
+        remote,  # type: ignore[arg-type]
+        FakeModels(new, h.cfg),  # type: ignore[arg-type]
+        pub,  # type: ignore[arg-type]
+        Notifier({}),
+        lambda cfg, p, keep: adopted.append((cfg, p, keep)),
+        config_path=None,
+    )
+    c.probation = Probation(7, frames, faults, old, h.cfg)  # type: ignore[arg-type]
+    return c, pub, remote, adopted, old
+
+
+def test_a_model_update_that_faults_too_often_on_probation_is_rolled_back() -> None:
+    c, pub, remote, adopted, old = controller_on_probation(frames=10, faults=2)
+    for faulty in (False, True, False, True):
+        c.watch(faulty=faulty)
+    assert c.probation is not None and not adopted  # 2 faults: at the limit, not over it
+    c.watch(faulty=True)
+    assert c.probation is None and remote.rolled_back == [7]
+    assert adopted and adopted[0][1] is old and adopted[0][2] is False  # the old pipeline back
+    assert (
+        pub.answers[0]["applied"] is False and "rolled back: 3 faulty frames" in pub.answers[0]["errors"][0]["message"]
+    )
+    assert pub.events[0][0] == "model_error" and "new.tflite rolled back to old.tflite" in pub.events[0][1]
+    assert old.closed == 0
+
+
+def test_a_model_update_that_passes_its_probation_closes_the_old_model() -> None:
+    c, pub, remote, adopted, old = controller_on_probation(frames=5, faults=1)
+    for faulty in (True, False, False, False, False):
+        c.watch(faulty=faulty)
+    assert c.probation is None and old.closed == 1 and not remote.rolled_back and not pub.answers
+    c.watch(faulty=True)  # after the probation: nothing is watched
+    assert not adopted

@@ -93,6 +93,15 @@ class CommandHandler:
     def _pause(self, answer: Answer, _cid: CommandId | None) -> None:
         self._set_paused(True)
         answer(True, "inference paused")
+        self.cancel_pending("inference was paused before the next frame")
+
+    def cancel_pending(self, why: str) -> None:
+        """Snapshots and masks asked for, which no frame will answer now (paused, no frames, the
+        stop): answered so, since every command gets exactly one answer."""
+        for name, ids in (("snapshot", self.snapshot_wanted), ("mask", self.mask_wanted)):
+            if ids:
+                self.publisher.answer_cmd(name, False, why, list(ids))
+                ids.clear()
 
     def _resume(self, answer: Answer, _cid: CommandId | None) -> None:
         self._set_paused(False)

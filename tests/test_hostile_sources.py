@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
+import threading
 import time
 import wave
 import zlib
@@ -378,12 +379,26 @@ def test_csv_row_longer_than_a_line_may_be_is_its_own_problem(tmp_path: Path) ->
     assert [list(f.values) for f in frames if f.values is not None] == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
 
 
-def test_csv_fifo_or_directory_is_refused_without_blocking(tmp_path: Path) -> None:
-    os.mkfifo(tmp_path / "rows.csv")
-    with pytest.raises(SourceError, match="is a FIFO"):
-        open_source(SourceConfig(kind="csv", path=str(tmp_path / "rows.csv")))
+def test_csv_directory_or_device_is_refused_a_fifo_is_a_sensor_feed(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="is a directory"):
         open_source(SourceConfig(kind="csv", path=str(tmp_path)))
+    with pytest.raises(SourceError, match="/dev/zero is a character device"):
+        open_source(SourceConfig(kind="csv", path="/dev/zero"))
+    # a named pipe is how a sensor daemon feeds rows (tests/test_service.py): read as it is written
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with fifo.open("w") as w:
+            w.write("a,b\n1,2\n3,4\n")
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    src = open_source(SourceConfig(kind="csv", path=str(fifo)))
+    rows = [src.read() for _ in range(2)]
+    assert [list(r.values) for r in rows if isinstance(r, Frame) and r.values is not None] == [[1.0, 2.0], [3.0, 4.0]]
+    writer.join(5)
+    src.close()
 
 
 def test_csv_missing_column_with_a_huge_header_is_quoted_in_part(tmp_path: Path) -> None:

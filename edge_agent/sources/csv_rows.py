@@ -79,13 +79,21 @@ class CsvRowSource:
             # utf-8-sig: a spreadsheet's byte-order mark must not become part of the first column
             # name; errors="replace": a bad byte spoils its own cell (a SourceProblem naming the
             # row), not the whole 8 KiB decoder chunk of rows around it
-            # O_NONBLOCK: a FIFO or a device named as the CSV must not block the open; it is then
-            # refused for what it is
+            # O_NONBLOCK: a device named as the CSV must not block the open; it is then refused for
+            # what it is (a FIFO is a sensor feed: opened again below, blocking)
             fd = os.open(self._path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         except OSError as err:
             raise SourceError(f"source.path: cannot open {self._path}: {err.strerror or err}") from None
         mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
+        if stat.S_ISFIFO(mode):
+            # a sensor feed through a named pipe: opened again, blocking, so that reads wait for the
+            # writer (a non-blocking read end sees "end of file" while no writer is connected)
+            os.close(fd)
+            try:
+                fd = os.open(self._path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError as err:
+                raise SourceError(f"source.path: cannot open {self._path}: {err.strerror or err}") from None
+        elif not stat.S_ISREG(mode):
             os.close(fd)
             raise SourceError(f"source.path: {self._path} is {describe_kind(mode)}, not a regular file")
         self._fh = open(fd, newline="", encoding="utf-8-sig", errors="replace")  # noqa: PTH123, SIM115 - a descriptor, closed in close()

@@ -43,6 +43,7 @@ __all__ = [
     "TensorMetadata",
     "TfliteFileError",
     "TfliteModelInfo",
+    "constant_data_spans",
     "labels_from_metadata",
     "parse_model_bytes",
     "read_model_file",
@@ -332,6 +333,15 @@ def parse_model_bytes(data: bytes) -> TfliteModelInfo:
         min_runtime_version=min_runtime,
         custom_op_outputs=custom_outputs,
     )
+
+
+def constant_data_spans(data: bytes) -> tuple[tuple[int, int], ...]:
+    """(start, size) of every non-empty buffer of a valid model: where its weights lie, as opposed
+    to the structure around them (a fuzzer aims at the structure; a change in weights only changes
+    the results)."""
+    model = _Buffer(bytes(data), "model file").root(_MODEL_IDENTIFIER)
+    spans = (_buffer_span(model.buf, b) for b in model.tables(12, "buffers"))
+    return tuple(span for span in spans if span[1])
 
 
 def labels_from_metadata(info: TfliteModelInfo) -> list[str] | None:

@@ -6,9 +6,10 @@ aborts, loops, or allocates until the kernel's OOM killer steps in — and with 
 `model.isolation = "inline"` that would take the agent down (under systemd: a crash loop instead of
 `degraded`). So every model file, before it reaches the in-process interpreter, is built,
 allocated and invoked once on zeroed inputs by a child (`python -m edge_agent.runtime.trial`, the
-bytes on its stdin, so it checks exactly what will be loaded). If the child dies or does not
-finish in time, the file is refused with a `ModelError`; Python-level errors in the child are not
-a verdict (the in-process load raises them again, with its own clear message).
+bytes on its stdin, so it checks exactly what will be loaded). If the child dies, does not finish
+in time, or takes more memory than the budget (a one-byte change of an input's shape made a
+27 KB model take 11 GB), the file is refused with a `ModelError`; Python-level errors in the
+child are not a verdict (the in-process load raises them again, with its own clear message).
 
 The verdict is cached by the file's sha256 (and the interpreter package), so a reload or a retry
 of the same file costs nothing; a refused file is not retried in a child every retry interval.
@@ -26,7 +27,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,10 @@ from edge_agent.bounded import quote_part
 from edge_agent.errors import ModelError
 
 TRIAL_TIMEOUT_S = 60.0  # a real model builds, allocates and runs once in well under this on a Pi
+MAX_TRIAL_MEMORY = 2 << 30  # the most a trial may take, whatever the machine (see memory_budget)
+_BUDGET_WORDS = f"the budget: half this machine's memory, at most {MAX_TRIAL_MEMORY >> 20} MB"
+_POLL_S = 0.02  # how often the child's memory is looked at while it runs
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _CACHE_SIZE = 64
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding edge_agent/
 
@@ -70,17 +77,38 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _last_line(stderr: bytes) -> str:
-    """The child's last line of its own: TFLite's INFO lines about delegates say nothing."""
-    lines = [ln for ln in stderr.decode("utf-8", errors="replace").splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not ln.startswith("INFO:")] or lines
-    return quote_part(lines[-1].strip()) if lines else "nothing on stderr"
+def _last_words(stderr: bytes) -> str:
+    """The child's last line on stderr, if it said anything but TFLite's INFO lines about delegates."""
+    lines = [ln.strip() for ln in stderr.decode("utf-8", errors="replace").splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("INFO:")]
+    return f" (its last words: {quote_part(lines[-1])})" if lines else ""
+
+
+def memory_budget() -> int:
+    """Bytes the trial child may hold at its peak: half this machine's memory, at most 2 GiB. A
+    model that needs more would push the agent (and whatever else runs on a Pi) into the OOM
+    killer once loaded in-process; a real one needs far less (mobilenet_v2 ~30 MB beyond the
+    runtime's own ~60 MB)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 4 << 30
+    return min(total // 2, MAX_TRIAL_MEMORY)
+
+
+def _rss(pid: int) -> int:
+    """The resident memory of a running process, 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:  # noqa: PTH123 - hot loop, one small read
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def trial_load(
     data: bytes, *, sha256: str, name: str, interpreter: str, version: str, timeout_s: float = TRIAL_TIMEOUT_S
 ) -> None:
-    """Raise ModelError if building, allocating or invoking `data` kills or hangs a child process.
+    """Raise ModelError if building, allocating or invoking `data` kills, hangs or bloats a child.
 
     `interpreter` names the package (backends.PREFERENCE); `version` is part of the cache key."""
     key = (sha256, interpreter, version)
@@ -89,54 +117,122 @@ def trial_load(
         if verdict is not None:
             raise ModelError(str(verdict), reason=verdict.reason)
         return
+    verdict, final = _run_child(data, name=name, interpreter=interpreter, timeout_s=timeout_s)
+    if final:  # a verdict on the file, not on the moment (an OOM kill, a child that could not start)
+        _remember(key, verdict)
+    if verdict is not None:
+        raise verdict
+
+
+def _run_child(data: bytes, *, name: str, interpreter: str, timeout_s: float) -> tuple[ModelError | None, bool]:
+    """The verdict (None: the child survived) and whether it is one on the file itself."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
-    cmd = [sys.executable, "-m", "edge_agent.runtime.trial", interpreter]
-    try:
-        done = subprocess.run(  # noqa: S603 - our own interpreter and module, no shell
-            cmd, input=data, capture_output=True, timeout=timeout_s, env=env, check=False
-        )
-    except subprocess.TimeoutExpired:
-        verdict = ModelError(
+    budget = memory_budget()
+    # the child's output goes to files, not pipes: nothing it prints can fill a pipe and stall it
+    with tempfile.TemporaryFile() as out_f, tempfile.TemporaryFile() as err_f:
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module, no shell
+                [sys.executable, "-m", "edge_agent.runtime.trial", interpreter],
+                stdin=subprocess.PIPE,
+                stdout=out_f,
+                stderr=err_f,
+                env=env,
+            )
+        except OSError as err:
+            return ModelError(
+                f"{name}: cannot start the trial load in a child process: {err}", reason="trial_failed"
+            ), False
+        feeder = threading.Thread(target=_feed, args=(proc.stdin, data), name="trial-feed", daemon=True)
+        feeder.start()
+        bloated, timed_out = _watch(proc, budget, time.monotonic() + timeout_s)
+        feeder.join(5.0)
+        out, errout = _tail(out_f), _tail(err_f)
+    mb = budget >> 20
+    if bloated:
+        return ModelError(
+            f"{name}: a trial load in a child process took more than {mb} MB of memory ({_BUDGET_WORDS}): the file is "
+            "corrupt or not a model for this device; not loading it in the agent",
+            reason="too_much_memory",
+        ), True
+    code = proc.returncode
+    if timed_out:
+        return ModelError(
             f"{name}: a trial load in a child process did not finish within {timeout_s:g} s: the TFLite runtime "
             "hangs on this file (corrupt or hostile); not loading it in the agent",
             reason="loader_hang",
-        )
-        _remember(key, verdict)
-        raise verdict from None
-    except OSError as err:
-        raise ModelError(
-            f"{name}: cannot start the trial load of the model in a child process: {err}", reason="trial_failed"
-        ) from None
-    code = done.returncode
+        ), True
     if code == 0:
-        _remember(key, None)
-        return
+        peak = _reported_peak(out)
+        if peak > budget:  # a spike between two looks
+            return ModelError(
+                f"{name}: a trial load in a child process took {peak >> 20} MB of memory, more than {mb} MB "
+                f"({_BUDGET_WORDS}): the file is corrupt or not a model for this device; not loading it in the agent",
+                reason="too_much_memory",
+            ), True
+        return None, True
     if code < 0:
-        how = _signal_name(-code)
-        if -code == signal.SIGKILL:
+        if code == -signal.SIGKILL:
             # killed from outside, most likely by the kernel's OOM killer: not a verdict on the file
-            raise ModelError(
+            return ModelError(
                 f"{name}: the trial load of the model in a child process was killed (SIGKILL; out of memory?); "
                 "not loading it in the agent",
                 reason="loader_crash",
-            )
-        verdict = ModelError(
-            f"{name}: the TFLite runtime crashed ({how}) on a trial load in a child process: the file is corrupt "
-            f"or hostile; not loading it in the agent (last words: {_last_line(done.stderr)})",
+            ), False
+        return ModelError(
+            f"{name}: the TFLite runtime crashed ({_signal_name(-code)}) on a trial load in a child process: the file "
+            f"is corrupt or hostile; not loading it in the agent{_last_words(errout)}",
             reason="loader_crash",
-        )
-        _remember(key, verdict)
-        raise verdict
-    raise ModelError(
-        f"{name}: the trial load of the model in a child process failed (exit status {code}): {_last_line(done.stderr)}",
+        ), True
+    return ModelError(
+        f"{name}: the trial load of the model in a child process failed (exit status {code}){_last_words(errout)}",
         reason="trial_failed",
-    )
+    ), False
+
+
+def _tail(f: Any, limit: int = 64 << 10) -> bytes:
+    """The last `limit` bytes of a file the child wrote (a runtime may log without end)."""
+    size = f.seek(0, os.SEEK_END)
+    f.seek(max(0, size - limit))
+    data: bytes = f.read()
+    return data
+
+
+def _feed(pipe: Any, data: bytes) -> None:
+    """Hand the model to the child (a thread: a 100 MB model does not fit in a pipe's buffer)."""
+    with contextlib.suppress(OSError), pipe:  # OSError: the child died or was killed before reading it all
+        pipe.write(data)
+
+
+def _watch(proc: subprocess.Popen[bytes], budget: int, deadline: float) -> tuple[bool, bool]:
+    """Wait for the child, looking at its memory (a runaway is stopped before the OOM killer must)
+    and the time; kill it on either. Returns (took too much memory, took too long)."""
+    while True:
+        try:
+            proc.wait(timeout=min(_POLL_S, max(0.0, deadline - time.monotonic())))
+            return False, False
+        except subprocess.TimeoutExpired:
+            bloated = _rss(proc.pid) > budget
+            timed_out = time.monotonic() >= deadline
+            if bloated or timed_out:
+                proc.kill()
+                proc.wait()
+                return bloated, timed_out
+
+
+def _reported_peak(out: bytes) -> int:
+    """The peak resident memory the child reported on its last line, 0 if it did not."""
+    try:
+        return int(json.loads(out.decode().strip().splitlines()[-1])["peak_rss"])
+    except (ValueError, KeyError, IndexError, TypeError, UnicodeDecodeError):
+        return 0
 
 
 def _child(interpreter: str) -> int:  # pragma: no cover - runs in the child
     """Build, allocate, invoke on zeros; report how far it got. Exceptions are not crashes: the
     parent only cares whether this process survives."""
+    import resource  # noqa: PLC0415 - POSIX only, and only the child needs it
+
     import numpy as np  # noqa: PLC0415
 
     from edge_agent.runtime.backends import select_backend  # noqa: PLC0415
@@ -162,7 +258,9 @@ def _child(interpreter: str) -> int:  # pragma: no cover - runs in the child
         stage = "done"
     except Exception as err:  # noqa: BLE001 - any Python error is an answer, not a crash
         error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-    sys.stdout.write(json.dumps({"stage": stage, "error": error}) + "\n")
+    # ru_maxrss: KiB on Linux; the parent compares the peak with its budget
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    sys.stdout.write(json.dumps({"stage": stage, "error": error, "peak_rss": peak}) + "\n")
     sys.stdout.flush()
     return 0
 

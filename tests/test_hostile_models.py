@@ -37,6 +37,7 @@ from edge_agent.runtime.inspection import format_report, inspect_model
 from edge_agent.runtime.loader import load_model, read_model_file
 from edge_agent.runtime.tflite_file import TfliteFileError, constant_data_spans, parse_model_bytes
 from edge_agent.runtime.trial import forget_verdicts, memory_budget, trial_load
+from edge_agent.runtime.worker import open_model
 
 MODELS = sorted(BUNDLED.glob("*.tflite"))
 DIGITS = BUNDLED / "digits_uint8.tflite"
@@ -186,6 +187,16 @@ def test_the_mutants_that_crashed_main_are_refused_in_one_line(tmp_path: Path, o
     assert_one_line(str(err.value), f"offset {offset}")
     expected = "not valid UTF-8" if (offset, value) in UNICODE_ERROR_ON_MAIN else "quantization scale|zero point"
     assert any(word in str(err.value) for word in expected.split("|")), str(err.value)
+
+
+def test_isolated_models_get_the_same_checks(tmp_path: Path) -> None:
+    """With isolation = "process" the worker is the contained load (no trial in it), and the static
+    checks still refuse the file with the same one line, not an `inference_crash` loop."""
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(mutated(DIGITS.read_bytes(), *SIGSEGV_ON_MAIN[0]))
+    with pytest.raises(ModelError) as err:
+        open_model(cfg(path, isolation="process"))
+    assert err.value.reason == "corrupt" and "zero point 17266" in str(err.value)
 
 
 @pytest.mark.parametrize(("offset", "value"), SIGSEGV_ON_MAIN[:3])
@@ -343,6 +354,20 @@ def test_inspect_a_path_that_is_not_a_file(odd_paths: dict[str, tuple[Path, str]
     assert proc.returncode == 2, proc.stderr
     lines = our_lines(proc.stderr)
     assert len(lines) == 1 and what in lines[0], lines
+
+
+@pytest.mark.parametrize(("key", "kind"), [("path", "dev-zero"), ("labels", "fifo"), ("labels", "dev-zero")])
+def test_check_with_a_path_that_is_not_a_file(
+    tmp_path: Path, odd_paths: dict[str, tuple[Path, str]], key: str, kind: str
+) -> None:
+    path, what = odd_paths[kind]
+    model = {"path": str(DIGITS), "task": "classification", "interpreter": INTERPRETER, key: str(path)}
+    config = write_config(tmp_path, device="t-cli", port=1, sections={"model": model})
+    proc = cli("check", "-c", str(config), timeout=30)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = our_lines(proc.stdout)
+    assert len(lines) == 1 and lines[0].startswith("model: FAULT") and what in lines[0], lines
+    assert "Traceback" not in proc.stderr
 
 
 def test_a_labels_file_over_its_limit(tmp_path: Path) -> None:

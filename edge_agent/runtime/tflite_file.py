@@ -10,7 +10,7 @@ Beyond the bounds, `parse_model_bytes` verifies what the interpreter takes on tr
 crash on (SIGSEGV in a kernel's Prepare, an uncaught UnicodeDecodeError in the Python wrapper): every
 index (tensor, buffer, operator code, subgraph) in range, names valid UTF-8, shapes non-negative
 and of a sane size, constant data the size its shape says, quantization parameters consistent and
-within their type's range. Found by fuzzing: a uint8 input whose zero point became 17266 (one byte
+within their type's range, each common operator given the inputs its kernel reads. Found by fuzzing: a uint8 input whose zero point became 17266 (one byte
 changed) kills the process inside allocate_tensors(); a tensor name with one byte changed raised
 UnicodeDecodeError from get_input_details().
 
@@ -54,7 +54,7 @@ class TfliteFileError(ValueError):
     """The data is not a readable TFLite model (garbage, truncated, corrupt).
 
     `check` names the verification that failed, for statistics and tests: "identifier", "bounds",
-    "utf8", "index", "shape", "type", "buffer_size", "quantization"."""
+    "utf8", "index", "arity", "shape", "type", "buffer_size", "quantization"."""
 
     def __init__(self, message: str, check: str = "bounds") -> None:
         super().__init__(message)
@@ -107,6 +107,19 @@ _TENSOR_TYPES: dict[int, tuple[str, int | None]] = {
 _ZERO_POINT_RANGE: dict[int, tuple[int, int]] = {
     3: (0, 255), 9: (-128, 127), 7: (-32768, 32767), 16: (0, 65535),
     17: (-8, 7), 19: (-2, 1), 20: (0, 15),
+}  # fmt: skip
+# The fewest inputs each builtin kernel reads by position, without checking how many it was given
+# (schema.fbs op numbers; the kernels in tensorflow/lite/kernels). An operator with fewer makes the
+# kernel, or the XNNPACK delegate looking at it, read past the node's input array: undefined
+# behaviour that crashed one process and not the next (fuzzing: SLICE, 3 inputs, cut to 2).
+# Only minimums: extra inputs are refused by the kernels' own checks, not read out of bounds.
+# Ops not listed are left to the runtime (and to the trial load in a child).
+_MIN_INPUTS: dict[int, int] = {
+    0: 2, 1: 1, 2: 1, 3: 2, 4: 2, 6: 1, 9: 2, 11: 1, 14: 1, 17: 1, 18: 2, 19: 1, 21: 1, 22: 1,
+    23: 2, 25: 1, 28: 1, 34: 2, 36: 2, 39: 2, 40: 2, 41: 2, 42: 2, 43: 1, 45: 4, 47: 1, 49: 2,
+    53: 1, 54: 2, 55: 2, 56: 2, 57: 2, 60: 3, 65: 3, 67: 3, 69: 2, 70: 2, 74: 2, 75: 1, 76: 1,
+    77: 1, 78: 2, 83: 1, 88: 1, 90: 2, 97: 2, 98: 1, 102: 3, 107: 2, 114: 1, 117: 1, 121: 6,
+    123: 3, 126: 2,
 }  # fmt: skip
 _MAX_RANK = 16  # TFLite kernels handle up to 6 dimensions; 16 leaves room and refuses garbage
 _MAX_TENSOR_BYTES = 1 << 31  # one tensor: 2 GiB (a 224x224 image model's largest is a few MB)
@@ -297,7 +310,7 @@ def parse_model_bytes(data: bytes) -> TfliteModelInfo:
     subgraphs = model.tables(8, "subgraphs")
     if not subgraphs:
         raise TfliteFileError("corrupt model file: model has no subgraphs", "index")
-    n_tensors = [_verify_subgraph(buf, i, sg, len(operators), spans) for i, sg in enumerate(subgraphs)]
+    n_tensors = [_verify_subgraph(buf, i, sg, operators, spans) for i, sg in enumerate(subgraphs)]
     _verify_signatures(buf, model, n_tensors)
 
     metadata: ModelMetadata | None = None
@@ -377,7 +390,9 @@ def _operator_code(t: _Tab) -> OperatorCode:
     )
 
 
-def _verify_subgraph(buf: _Buffer, n: int, sg: _Tab, n_opcodes: int, spans: list[tuple[int, int]]) -> int:
+def _verify_subgraph(
+    buf: _Buffer, n: int, sg: _Tab, codes: tuple[OperatorCode, ...], spans: list[tuple[int, int]]
+) -> int:
     """Verify what the interpreter takes on trust in subgraph `n`; return its tensor count."""
     sg.string(12, f"subgraph {n} name")
     tensors = sg.tables(4, "tensors")
@@ -390,12 +405,24 @@ def _verify_subgraph(buf: _Buffer, n: int, sg: _Tab, n_opcodes: int, spans: list
                 raise buf.fail(f"subgraph {n} {role} refers to tensor {index} of {count}", "index")
     for k, op in enumerate(sg.tables(10, "operators")):
         opcode: int = op.scalar(4, nt.Uint32Flags, 0)
-        if opcode >= n_opcodes:
-            raise buf.fail(f"operator {k} refers to operator code {opcode} of {n_opcodes}", "index")
+        if opcode >= len(codes):
+            raise buf.fail(f"operator {k} refers to operator code {opcode} of {len(codes)}", "index")
+        ends: dict[str, int] = {}
         for role, slot in (("input", 6), ("output", 8), ("intermediate", 20)):
-            for index in op.numbers(slot, "i", f"operator {k} {role}s") or ():
+            indices = op.numbers(slot, "i", f"operator {k} {role}s") or ()
+            ends[role] = len(indices)
+            for index in indices:
                 if not -1 <= index < count:  # -1: an optional input left out
                     raise buf.fail(f"operator {k} {role} refers to tensor {index} of {count}", "index")
+        code = codes[opcode]
+        need = _MIN_INPUTS.get(code.builtin_code, 0) if code.custom_code is None else 0
+        if ends["input"] < need or (code.builtin_code in _MIN_INPUTS and ends["output"] < 1):
+            name = code.builtin_name or f"builtin {code.builtin_code}"
+            raise buf.fail(
+                f"operator {k} ({name}) has {ends['input']} input(s) and {ends['output']} output(s); its kernel reads "
+                f"at least {need} and 1",
+                "arity",
+            )
         op.vector(14, 1, "custom options")
         if op.scalar(10, nt.Uint8Flags, 0):
             op.table(12, f"operator {k} builtin options")

@@ -22,6 +22,7 @@ and skips the trial (its worker is the contained load); it remains the choice fo
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -229,8 +231,8 @@ def _reported_peak(out: bytes) -> int:
 
 
 def _child(interpreter: str) -> int:  # pragma: no cover - runs in the child
-    """Build, allocate, invoke on zeros; report how far it got. Exceptions are not crashes: the
-    parent only cares whether this process survives."""
+    """Build, describe, allocate, invoke on zeros, read the outputs; report the errors and the peak
+    memory. Exceptions are not crashes: the parent cares whether this process survives, and how big."""
     import resource  # noqa: PLC0415 - POSIX only, and only the child needs it
 
     import numpy as np  # noqa: PLC0415
@@ -241,26 +243,37 @@ def _child(interpreter: str) -> int:  # pragma: no cover - runs in the child
         with contextlib.suppress(OSError):
             Path("/proc/self/oom_score_adj").write_text("1000")
     data = sys.stdin.buffer.read()
-    stage, error = "build", ""
-    try:
-        backend = select_backend(interpreter)
-        interp: Any = backend.interpreter_class(model_content=data, num_threads=1)
-        stage = "details"
-        inputs = interp.get_input_details()
-        interp.get_output_details()
-        interp.get_signature_list()
-        stage = "allocate"
-        interp.allocate_tensors()
-        stage = "invoke"
-        for d in inputs:
-            interp.set_tensor(d["index"], np.zeros(d["shape"], dtype=d["dtype"]))
-        interp.invoke()
-        stage = "done"
-    except Exception as err:  # noqa: BLE001 - any Python error is an answer, not a crash
-        error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    errors: list[str] = []
+
+    def attempt(stage: str, step: Callable[[], object]) -> bool:
+        # every step the agent or `inspect` may take is tried, whatever an earlier one raised:
+        # the in-process code goes on past some errors (inspect reports a failed allocate)
+        try:
+            step()
+        except Exception as err:  # noqa: BLE001 - any Python error is an answer, not a crash
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            errors.append(f"{stage}: {type(err).__name__}: {first}")
+            return False
+        return True
+
+    backend = select_backend(interpreter)
+    built: list[Any] = []
+    if attempt("build", lambda: built.append(backend.interpreter_class(model_content=data, num_threads=1))):
+        interp = built[0]
+        inputs: list[dict[str, Any]] = []
+        attempt("inputs", lambda: inputs.extend(interp.get_input_details()))
+        attempt("outputs", interp.get_output_details)
+        attempt("signatures", interp.get_signature_list)
+        if attempt("allocate", interp.allocate_tensors):
+            for d in inputs:
+                zeros = np.zeros(d["shape"], dtype=d["dtype"])
+                attempt("input", functools.partial(interp.set_tensor, d["index"], zeros))
+            if attempt("invoke", interp.invoke):
+                for d in interp.get_output_details():
+                    attempt("output", functools.partial(interp.get_tensor, d["index"]))
     # ru_maxrss: KiB on Linux; the parent compares the peak with its budget
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    sys.stdout.write(json.dumps({"stage": stage, "error": error, "peak_rss": peak}) + "\n")
+    sys.stdout.write(json.dumps({"errors": errors, "peak_rss": peak}) + "\n")
     sys.stdout.flush()
     return 0
 

@@ -154,6 +154,8 @@ def run_mutants(tmp_path: Path, count: int, seed: int) -> collections.Counter[st
         outcome = through_the_loader(path, m.tag)
         check = static_check(m.data)
         tally[f"refused by the static check: {check}" if check else f"loader: {outcome}"] += 1
+        if outcome in ("loader_crash", "loader_hang", "too_much_memory"):  # what only the trial caught
+            print(f"  the trial refused {m.tag}: {outcome}")
         if check:  # what the static checks refuse never reaches an interpreter
             assert outcome == "corrupt", f"{m.tag}: refused statically ({check}) but the loader said {outcome}"
     print(f"\n{count} mutants (seed {seed}) in {time.monotonic() - started:.1f} s:")

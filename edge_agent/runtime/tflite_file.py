@@ -121,6 +121,10 @@ _MIN_INPUTS: dict[int, int] = {
     77: 1, 78: 2, 83: 1, 88: 1, 90: 2, 97: 2, 98: 1, 102: 3, 107: 2, 114: 1, 117: 1, 121: 6,
     123: 3, 126: 2,
 }  # fmt: skip
+# Ops whose output has, by definition, the shape of their first input (element-wise). The XNNPACK
+# delegate folds a DEQUANTIZE of constant float16 weights using the declared output shape: an
+# output declared 8192 times larger than its input made it read past the weights (SIGSEGV).
+_SAME_SHAPE_OPS = frozenset({6, 11, 14, 19, 21, 25, 28, 47, 53, 75, 76, 98, 114, 117})
 _MAX_RANK = 16  # TFLite kernels handle up to 6 dimensions; 16 leaves room and refuses garbage
 _MAX_TENSOR_BYTES = 1 << 31  # one tensor: 2 GiB (a 224x224 image model's largest is a few MB)
 
@@ -399,10 +403,12 @@ def _verify_subgraph(
     count = len(tensors)
     for i, tensor in enumerate(tensors):
         _verify_tensor(buf, f"subgraph {n} tensor {i}", tensor, spans)
+    shapes = [t.numbers(4, "i", "tensor shape") or () for t in tensors]
     for role, slot in (("input", 6), ("output", 8)):
         for index in sg.numbers(slot, "i", f"subgraph {n} {role}s") or ():
             if not 0 <= index < count:
                 raise buf.fail(f"subgraph {n} {role} refers to tensor {index} of {count}", "index")
+    producer: dict[int, int] = {}
     for k, op in enumerate(sg.tables(10, "operators")):
         opcode: int = op.scalar(4, nt.Uint32Flags, 0)
         if opcode >= len(codes):
@@ -414,7 +420,27 @@ def _verify_subgraph(
             for index in indices:
                 if not -1 <= index < count:  # -1: an optional input left out
                     raise buf.fail(f"operator {k} {role} refers to tensor {index} of {count}", "index")
+        # the graph is in SSA form: a tensor written by two operators (an operators vector whose
+        # entries point at the same table) confuses the arena planner into overlapping buffers
+        for index in op.numbers(8, "i", "operator outputs") or ():
+            if index >= 0 and producer.setdefault(index, k) != k:
+                raise buf.fail(
+                    f"tensor {index} is written by both operator {producer[index]} and operator {k}", "index"
+                )
         code = codes[opcode]
+        ins, outs = op.numbers(6, "i", "operator inputs") or (), op.numbers(8, "i", "operator outputs") or ()
+        if (
+            code.custom_code is None
+            and code.builtin_code in _SAME_SHAPE_OPS
+            and ins
+            and outs
+            and -1 not in (ins[0], outs[0])
+        ) and math.prod(shapes[ins[0]]) != math.prod(shapes[outs[0]]):
+            raise buf.fail(
+                f"operator {k} ({code.builtin_name}) maps tensor {ins[0]} of shape {list(shapes[ins[0]])} to tensor "
+                f"{outs[0]} of shape {list(shapes[outs[0]])}: an element-wise op keeps the number of elements",
+                "shape",
+            )
         need = _MIN_INPUTS.get(code.builtin_code, 0) if code.custom_code is None else 0
         if ends["input"] < need or (code.builtin_code in _MIN_INPUTS and ends["output"] < 1):
             name = code.builtin_name or f"builtin {code.builtin_code}"

@@ -1255,6 +1255,8 @@ class Agent:
             self._invoker = None
         if self.pipeline is not None and self.pipeline is not pipeline:
             self.pipeline.close()
+        for notice in pipeline.notices if pipeline is not None and pipeline is not self.pipeline else ():
+            self.raise_event(notice.kind, "warning", notice.message, notice.detail)  # once per model adopted
         self.pipeline = pipeline
 
     def _model_detail(self) -> dict[str, Any]:

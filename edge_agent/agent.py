@@ -181,6 +181,8 @@ class Agent:
         """The model supervisor replaces the pipeline: the lane lets go of the old one first."""
         if old is not None:
             self._count_dropped(self.lane.retire(old))
+        for notice in new.notices if new is not None else ():
+            self.raise_event(notice.kind, "warning", notice.message, notice.detail)  # once per model adopted
         if self._stop.is_set():
             return  # the stop closes the model: the next status says offline
         if not self._refresh_status():

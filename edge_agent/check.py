@@ -129,6 +129,8 @@ def _check_loaded(pipeline: Pipeline, cfg: AgentConfig, samples: list[str], out:
         out(_fmt_tensor(t))
     for w in pipeline.warnings:
         out(f"warning: {w}")
+    for n in pipeline.notices:
+        out(f"warning: {n.message}")
     healthy = True
     try:
         outcome = pipeline.selftest()

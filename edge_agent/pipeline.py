@@ -21,7 +21,7 @@ from edge_agent.guard import Context, GuardFault, OutputFault, OutputGuard, all_
 from edge_agent.input_guard import InputGuard
 from edge_agent.postprocess.classification import Classifier
 from edge_agent.postprocess.detection import DetectionDecoder, FrameGeometry
-from edge_agent.postprocess.labels import load_labels
+from edge_agent.postprocess.labels import labels_mismatch, load_labels
 from edge_agent.postprocess.pose import PoseDecoder
 from edge_agent.postprocess.regression import Regressor
 from edge_agent.postprocess.segmentation import Segmenter
@@ -72,6 +72,16 @@ Outcome = Inference | Fault | Skipped
 
 
 @dataclass(frozen=True)
+class Notice:
+    """Something about a model's setup that is wrong but not fatal (the labels do not fit the
+    classes): said once when the pipeline is adopted, as a warning event of this kind."""
+
+    kind: str
+    message: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Staged:
     """A frame preprocessed into `target` and checked, waiting for its invoke."""
 
@@ -101,6 +111,7 @@ class Pipeline:
         self.model = model
         self.task = cfg.model.task
         self.warnings: list[str] = list(model.notes)
+        self.notices: list[Notice] = []
         if self.task not in SUPPORTED_TASKS:
             raise ModelError(
                 f"model.task = {self.task!r} is not decoded by this version (supported: {', '.join(SUPPORTED_TASKS)})",
@@ -135,6 +146,7 @@ class Pipeline:
         self.segmenter: Segmenter | None = None
         if self.task == "classification":
             self.classifier = Classifier(cfg.postprocess, self._labels())
+            self._check_labels(self.classifier.labels, int(np.prod(model.outputs[0].shape)) if model.outputs else 0)
             self.decoder = lambda outs: self.classifier.decode(outs[0]) if self.classifier else {}
         elif self.task in ("pose", "segmentation"):
             self.decoder = self._image_decoder(cfg, model)
@@ -166,6 +178,7 @@ class Pipeline:
             pose = PoseDecoder(cfg.postprocess, shape, hw)
             return lambda outs: pose.decode(outs[0], *self._decode_geometry())
         seg = self.segmenter = Segmenter(cfg.postprocess, self._labels(), shape, hw)
+        self._check_labels(seg.labels, seg.channels)
         return lambda outs: seg.decode(outs[0], *self._decode_geometry())
 
     def _decode_geometry(self) -> tuple[Geometry, tuple[int, int]]:
@@ -236,6 +249,8 @@ class Pipeline:
             self.model.file.info.custom_op_outputs,
         )
         log.info("%s: %s", self.model.name, det.describe())
+        if det.layout.classes:  # YOLO says its class count by its shape (SSD's op does not)
+            self._check_labels(det.labels, det.layout.classes)
         self._det_frame: tuple[Geometry | None, FrameGeometry | None] = (None, None)
         return det
 
@@ -255,6 +270,27 @@ class Pipeline:
         if embedded:
             return dict(enumerate(embedded))
         return {}
+
+    def _check_labels(self, labels: dict[int, str], classes: int) -> None:
+        """Labels that do not fit the classes do not stop the model (a result by number is still a
+        result), but a fleet user must hear it once, with both counts, not find "3".."9" later."""
+        problem = labels_mismatch(labels, classes)
+        if problem is None:
+            return
+        origin = f"model.labels ({self.cfg.model.labels})" if self.cfg.model.labels else "the model's embedded labels"
+        message = f"{origin}: {problem}"
+        self.notices.append(
+            Notice(
+                "labels_mismatch",
+                message,
+                {
+                    "labels": len(labels),
+                    "classes": classes,
+                    "path": self.cfg.model.labels or "(embedded)",
+                    "model": self.model.name,
+                },
+            )
+        )
 
     def describe(self, frame: Frame | None = None) -> list[str]:
         if frame is not None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from edge_agent.errors import ModelError
 from edge_agent.runtime.backends import Backend
-from edge_agent.runtime.loader import EDGETPU_OP, ModelFile
+from edge_agent.runtime.loader import EDGETPU_OP, ModelFile, check_in_child, tensor_details
 from edge_agent.runtime.tensors import TensorInfo
 
 
@@ -21,7 +21,10 @@ class ModelReport:
     note: str | None
 
 
-def inspect_model(mf: ModelFile, backend: Backend) -> ModelReport:
+def inspect_model(mf: ModelFile, backend: Backend, *, trial: bool = True) -> ModelReport:
+    # the file is untrusted like any model the agent loads: a trial load in a child first
+    if trial:
+        check_in_child(mf, backend)
     # Tensor details do not need allocated tensors, so an Edge TPU model (whose custom op
     # fails at allocate) can still be described on a machine without a Coral.
     try:
@@ -30,8 +33,7 @@ def inspect_model(mf: ModelFile, backend: Backend) -> ModelReport:
         raise ModelError(
             f"{mf.name}: {backend.name} cannot read the model: {str(err).splitlines()[0]}", reason="corrupt"
         ) from None
-    inputs = tuple(TensorInfo.from_details(d) for d in interpreter.get_input_details())
-    outputs = tuple(TensorInfo.from_details(d) for d in interpreter.get_output_details())
+    inputs, outputs = tensor_details(mf, backend, interpreter)
     note = None
     runnable = True
     try:

@@ -1,8 +1,13 @@
 """Loading a .tflite model into an interpreter, with clear one-line errors.
 
 Every way a model can fail on a device gets its own `ModelError.reason` and a message an
-operator can act on: missing file, unreadable file, not a TFLite file, hash mismatch,
-Edge TPU model without a Coral, custom op the runtime lacks, failure inside invoke().
+operator can act on: missing file, unreadable file (a directory, a FIFO, a device, too big), not
+a TFLite file or a corrupt one (the static checks of `tflite_file`), hash mismatch, a file that
+crashes or hangs the runtime (the trial load in a child, `trial`), Edge TPU model without a
+Coral, custom op the runtime lacks, failure inside invoke().
+
+A model file is untrusted: it is read with a bound, verified in Python, and loaded once in a
+short-lived child process before this process's interpreter ever sees it.
 """
 
 from __future__ import annotations
@@ -22,16 +27,21 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_agent.bounded import FileReadError, read_bytes_bounded
 from edge_agent.config import ModelConfig
 from edge_agent.errors import DelegateError, ModelError
 from edge_agent.runtime.backends import Backend, select_backend
 from edge_agent.runtime.tensors import TensorInfo, dequantize
 from edge_agent.runtime.tflite_file import TfliteFileError, TfliteModelInfo, parse_model_bytes
+from edge_agent.runtime.trial import trial_load
 
 log = logging.getLogger(__name__)
 
 EDGETPU_LIBRARY = "libedgetpu.so.1"
 EDGETPU_OP = "edgetpu-custom-op"
+# a model file is read whole into memory: 1 GiB is far above any model a Pi or a Coral runs
+# (mobilenet_v2 is 3.6 MB, the largest Edge TPU models ~100 MB) and far below /dev/zero
+MAX_MODEL_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -48,16 +58,19 @@ class ModelFile:
         return Path(self.path).name
 
 
-def read_model_file(path: str, *, expected_sha256: str | None = None) -> ModelFile:
+def read_model_file(path: str, *, expected_sha256: str | None = None, max_bytes: int = MAX_MODEL_BYTES) -> ModelFile:
+    """The file's bytes, read with a bound (regular files only), hashed and verified statically."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        data = read_bytes_bounded(p, what="model file", max_bytes=max_bytes)
     except FileNotFoundError:
         raise ModelError(f"model file not found: {path}", reason="missing") from None
-    except IsADirectoryError:
-        raise ModelError(f"model path is a directory, not a file: {path}", reason="unreadable") from None
-    except OSError as err:
-        raise ModelError(f"cannot read model file {path}: {err.strerror or err}", reason="unreadable") from None
+    except FileReadError as err:  # a directory, a FIFO, a device, over the limit: said as such
+        raise ModelError(str(err), reason="unreadable") from None
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        raise ModelError(
+            f"cannot read model file {path}: {getattr(err, 'strerror', None) or err}", reason="unreadable"
+        ) from None
     digest = hashlib.sha256(data).hexdigest()
     if expected_sha256 is not None and digest != expected_sha256.lower():
         raise ModelError(
@@ -207,11 +220,21 @@ def _build_interpreter(backend: Backend, mf: ModelFile, threads: int, delegates:
     return interpreter
 
 
-def load_model(cfg: ModelConfig, *, backend: Backend | None = None) -> LoadedModel:
-    """Load cfg.path (or the fallback) per the delegate policy; raise ModelError on failure."""
+def check_in_child(mf: ModelFile, backend: Backend) -> None:
+    """The trial load (see `trial`): raise ModelError if the file crashes or hangs the runtime."""
+    trial_load(mf.data, sha256=mf.sha256, name=mf.name, interpreter=backend.name, version=backend.version)
+
+
+def load_model(cfg: ModelConfig, *, backend: Backend | None = None, trial: bool = True) -> LoadedModel:
+    """Load cfg.path (or the fallback) per the delegate policy; raise ModelError on failure.
+
+    `trial=False` skips the trial load in a child: only for a caller that is itself the contained
+    process (the `isolation = "process"` worker)."""
     backend = backend or select_backend(cfg.interpreter)
     threads = cfg.threads or _default_threads()
     mf = read_model_file(cfg.path, expected_sha256=cfg.sha256)
+    if trial:
+        check_in_child(mf, backend)
     if cfg.delegate == "cpu":
         return _finish(backend, mf, threads, [], kind="cpu", notes=())
     try:
@@ -225,6 +248,8 @@ def load_model(cfg: ModelConfig, *, backend: Backend | None = None) -> LoadedMod
     if cfg.fallback_path:
         # the pin names the primary model; the fallback is checked by its own loader
         fb = read_model_file(cfg.fallback_path)
+        if trial:
+            check_in_child(fb, backend)
         return _finish(backend, fb, threads, [], kind="cpu", notes=(note,))
     if mf.info.edgetpu_compiled:
         raise DelegateError(
@@ -235,12 +260,27 @@ def load_model(cfg: ModelConfig, *, backend: Backend | None = None) -> LoadedMod
     return _finish(backend, mf, threads, [], kind="cpu", notes=(note,))
 
 
+def tensor_details(
+    mf: ModelFile, backend: Backend, interpreter: Any
+) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
+    """The inputs and outputs; the wrapper decodes names and reads quantization as it goes, so what it
+    raises on a file the static checks let through is a ModelError, not a traceback."""
+    try:
+        inputs = tuple(TensorInfo.from_details(d) for d in interpreter.get_input_details())
+        outputs = tuple(TensorInfo.from_details(d) for d in interpreter.get_output_details())
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:  # ValueError includes UnicodeDecodeError
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(
+            f"{mf.name}: {backend.name} cannot describe the model's tensors: {first}", reason="corrupt"
+        ) from None
+    return inputs, outputs
+
+
 def _finish(
     backend: Backend, mf: ModelFile, threads: int, delegates: list[Any], *, kind: str, notes: tuple[str, ...]
 ) -> LoadedModel:
     interpreter = _build_interpreter(backend, mf, threads, delegates)
-    inputs = tuple(TensorInfo.from_details(d) for d in interpreter.get_input_details())
-    outputs = tuple(TensorInfo.from_details(d) for d in interpreter.get_output_details())
+    inputs, outputs = tensor_details(mf, backend, interpreter)
     return LoadedModel(
         file=mf,
         backend=backend,

@@ -129,7 +129,8 @@ def _child_main(
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
     try:
         backend = backend_factory() if backend_factory is not None else None
-        model = load_model(cfg.model_copy(update={"isolation": "inline"}), backend=backend)
+        # this process is the contained load: a crash here is a worker crash, not the agent's
+        model = load_model(cfg.model_copy(update={"isolation": "inline"}), backend=backend, trial=False)
     except ModelError as err:
         conn.send(("error", str(err), err.reason))
         return

@@ -118,6 +118,24 @@ def run_check(cfg: AgentConfig, samples: list[str], out: Callable[[str], None]) 
 
 
 def _check_loaded(pipeline: Pipeline, cfg: AgentConfig, samples: list[str], out: Callable[[str], None]) -> int:
+    _print_model(pipeline, out)
+    try:
+        outcome = pipeline.selftest()
+    except ModelError as err:
+        out(f"self-test: FAULT: {err}")
+        return 1
+    out("preprocessing plan:")
+    for line in pipeline.describe():
+        out(f"  {line}")
+    text, healthy = _describe_outcome(outcome)
+    out(f"self-test: {text}")
+    for sample in samples:
+        healthy &= _check_sample(sample, pipeline, cfg, out)
+    out(f"verdict: {'healthy' if healthy else 'FAULT found'}")
+    return 0 if healthy else 1
+
+
+def _print_model(pipeline: Pipeline, out: Callable[[str], None]) -> None:
     m = pipeline.model
     out(f"model: {m.file.path} (sha256 {m.file.sha256})")
     out(f"interpreter: {m.backend.name} {m.backend.version}, delegate {m.delegate}, {m.threads} threads")
@@ -131,44 +149,36 @@ def _check_loaded(pipeline: Pipeline, cfg: AgentConfig, samples: list[str], out:
         out(f"warning: {w}")
     for n in pipeline.notices:
         out(f"warning: {n.message}")
-    healthy = True
+
+
+def _check_sample(sample: str, pipeline: Pipeline, cfg: AgentConfig, out: Callable[[str], None]) -> bool:
+    """Every frame of one sample file through the pipeline and the guard; False on any fault."""
     try:
-        outcome = pipeline.selftest()
-    except ModelError as err:
-        out(f"self-test: FAULT: {err}")
-        return 1
-    out("preprocessing plan:")
-    for line in pipeline.describe():
-        out(f"  {line}")
-    text, ok = _describe_outcome(outcome)
-    out(f"self-test: {text}")
-    healthy &= ok
-    for sample in samples:
-        try:
-            items = _sample_frames(sample, pipeline, cfg)
-        except SourceError as err:
-            out(f"{sample}: FAULT: {err}")
+        items = _sample_frames(sample, pipeline, cfg)
+    except SourceError as err:
+        out(f"{sample}: FAULT: {err}")
+        return False
+    healthy = True
+    for item in items:
+        if isinstance(item, SourceProblem):
+            out(f"{item.source}: FAULT: {item.message}")
             healthy = False
-            continue
-        for item in items:
-            if isinstance(item, SourceProblem):
-                out(f"{item.source}: FAULT: {item.message}")
-                healthy = False
-                continue
-            try:
-                text, ok = _describe_outcome(pipeline.process(item))
-            except ModelError as err:
-                text, ok = f"FAULT: {err}", False
-            out(f"{item.source}: {text}")
-            healthy &= ok
-            if item.pixels is not None:
-                out(
-                    f"  plan for {item.pixels.shape[1]}×{item.pixels.shape[0]} frames: {'; '.join(pipeline.describe(item))}"
-                )
-                out("  prepared input, per channel:")
-                lines, fine = audit_prepared(pipeline, item)
-                for line in lines:
-                    out(line)
-                healthy &= fine
-    out(f"verdict: {'healthy' if healthy else 'FAULT found'}")
-    return 0 if healthy else 1
+        else:
+            healthy &= _check_frame(item, pipeline, out)
+    return healthy
+
+
+def _check_frame(item: Frame, pipeline: Pipeline, out: Callable[[str], None]) -> bool:
+    try:
+        text, healthy = _describe_outcome(pipeline.process(item))
+    except ModelError as err:
+        text, healthy = f"FAULT: {err}", False
+    out(f"{item.source}: {text}")
+    if item.pixels is not None:
+        out(f"  plan for {item.pixels.shape[1]}×{item.pixels.shape[0]} frames: {'; '.join(pipeline.describe(item))}")
+        out("  prepared input, per channel:")
+        lines, fine = audit_prepared(pipeline, item)
+        for line in lines:
+            out(line)
+        healthy &= fine
+    return healthy

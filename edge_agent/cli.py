@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TypeAlias
 
 from edge_agent import __version__
 from edge_agent.errors import ConfigError, ModelError
@@ -138,21 +139,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-agent", description="TFLite inference on the edge, guarded, over MQTT.")
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_inspect, _add_run, _add_check, _add_bench, _add_demo, _add_config):
+        add(sub)
+    return parser
 
+
+# a string: argparse's class is generic for type checkers only
+_Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_inspect(sub: _Subparsers) -> None:
     p = sub.add_parser("inspect", help="print a model's tensors, quantization, metadata and Edge TPU ops")
     p.add_argument("model")
     p.add_argument("--interpreter", default="auto", choices=["auto", "ai-edge-litert", "tflite-runtime", "tensorflow"])
     p.set_defaults(func=_cmd_inspect)
 
+
+def _add_run(sub: _Subparsers) -> None:
     r = sub.add_parser("run", help="the daemon, in the foreground (systemd runs this)")
     r.add_argument("-c", "--config", help="config file (default $EDGE_AGENT_CONFIG or /etc/edge-agent/agent.toml)")
     r.set_defaults(func=_cmd_run)
 
+
+def _add_check(sub: _Subparsers) -> None:
     c = sub.add_parser("check", help="validate config, load the model, show the plan, run samples through the guard")
     c.add_argument("-c", "--config")
     c.add_argument("--sample", action="append", metavar="PATH", help="an image or a CSV of rows (repeatable)")
     c.set_defaults(func=_cmd_check)
 
+
+def _add_bench(sub: _Subparsers) -> None:
     b = sub.add_parser(
         "bench",
         help="the configured pipeline for N frames against a bare invoke() loop: per-stage p50/p99, fps, CPU, memory",
@@ -164,17 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     b.set_defaults(func=_cmd_bench)
 
+
+def _add_demo(sub: _Subparsers) -> None:
     d = sub.add_parser("demo", help="the bundled digits model on bundled frames, results live over MQTT")
     d.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (default: until Ctrl-C)")
     d.add_argument("--port", type=int, default=1883, help="broker port to use or start (default 1883)")
     d.add_argument("--model", choices=["float", "uint8"], default="uint8")
     d.set_defaults(func=_cmd_demo)
 
+
+def _add_config(sub: _Subparsers) -> None:
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     v = cfg_sub.add_parser("validate", help="validate a config file")
     v.add_argument("file")
     v.set_defaults(func=_cmd_config_validate)
+    _add_config_push(cfg_sub)
+
+
+def _add_config_push(cfg_sub: _Subparsers) -> None:
     push = cfg_sub.add_parser(
         "push",
         help="sign and publish a config update, wait for the answers, print them",
@@ -210,7 +234,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     push.add_argument("file", metavar="FILE", help="the partial config: .toml or .json")
     push.set_defaults(func=_cmd_config_push)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -81,7 +81,9 @@ def count_nonfinite(x: npt.NDArray[np.float32]) -> tuple[int, int, int]:
     return nan, pos, neg
 
 
-def diagnose(stats: InputStats | None, input_info: TensorInfo | None, ctx: Context | None = None) -> str:
+def diagnose(  # noqa: PLR0911 - the causes in the order they are weighed, first fit wins: one return each is that list
+    stats: InputStats | None, input_info: TensorInfo | None, ctx: Context | None = None
+) -> str:
     """The most likely cause of non-finite outputs, in words an operator can act on."""
     ctx = ctx or Context()
     if stats is None or input_info is None:
@@ -118,7 +120,9 @@ def diagnose(stats: InputStats | None, input_info: TensorInfo | None, ctx: Conte
     )
 
 
-def _far_outside(stats: InputStats, input_info: TensorInfo, ctx: Context) -> str | None:
+def _far_outside(  # noqa: PLR0911 - one verdict per input kind, in order; split up, the order would be lost
+    stats: InputStats, input_info: TensorInfo, ctx: Context
+) -> str | None:
     """What an input far from what a float model takes says, by what kind of input it is."""
     if input_info.is_integer:
         return None

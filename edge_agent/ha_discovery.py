@@ -67,7 +67,13 @@ def node_id(device_id: str) -> str:
 
 
 def entities(topics: Topics) -> tuple[Entity, ...]:
-    measurement = {"state_class": "measurement"}
+    return (*_status_entities(topics), *_result_entities(topics), *_stats_entities(topics))
+
+
+_MEASUREMENT = {"state_class": "measurement"}
+
+
+def _status_entities(topics: Topics) -> tuple[Entity, ...]:
     return (
         # no availability: this one shows `offline` (the Last Will) instead of going unavailable
         Entity(
@@ -80,6 +86,11 @@ def entities(topics: Topics) -> tuple[Entity, ...]:
                 "icon": "mdi:lan-connect",
             },
         ),
+    )
+
+
+def _result_entities(topics: Topics) -> tuple[Entity, ...]:
+    return (
         Entity(
             "sensor",
             "last_label",
@@ -94,9 +105,14 @@ def entities(topics: Topics) -> tuple[Entity, ...]:
                 "value_template": SCORE_TEMPLATE,
                 "suggested_display_precision": 3,
                 "icon": "mdi:percent",
-                **measurement,
+                **_MEASUREMENT,
             },
         ),
+    )
+
+
+def _stats_entities(topics: Topics) -> tuple[Entity, ...]:
+    return (
         Entity(
             "sensor",
             "fps",
@@ -106,7 +122,7 @@ def entities(topics: Topics) -> tuple[Entity, ...]:
                 "value_template": "{{ value_json.fps }}",
                 "unit_of_measurement": "fps",
                 "icon": "mdi:speedometer",
-                **measurement,
+                **_MEASUREMENT,
             },
         ),
         Entity(
@@ -118,7 +134,7 @@ def entities(topics: Topics) -> tuple[Entity, ...]:
                 "value_template": INFERENCE_TEMPLATE,
                 "unit_of_measurement": "ms",
                 "device_class": "duration",
-                **measurement,
+                **_MEASUREMENT,
             },
         ),
         Entity(

@@ -54,55 +54,66 @@ class StatsCollector:
         s = self._snap
         if s is None:
             return  # nothing measured yet: no figures rather than made-up zeros
-        yield _gauge("stats_timestamp_seconds", "Unix time at which these figures were taken", s["ts"])
-        yield _gauge("uptime_seconds", "Seconds since the agent started", s["uptime_s"])
-        yield _counter("frames", "Frames handed to the pipeline", s["frames"])
-        yield _counter("results", "Results published", s["results"])
-        yield _counter(
-            "dropped_frames",
-            "Frames dropped (a newer one arrived first, or inference was restarting)",
-            s["dropped_frames"],
+        yield from _throughput(s)
+        yield from _outbox(s["outbox"])
+        yield from _health(s)
+
+
+def _throughput(s: Mapping[str, Any]) -> Iterator[Metric]:
+    """Frames, results, latency, faults and the sensor values mended on the way."""
+    yield _gauge("stats_timestamp_seconds", "Unix time at which these figures were taken", s["ts"])
+    yield _gauge("uptime_seconds", "Seconds since the agent started", s["uptime_s"])
+    yield _counter("frames", "Frames handed to the pipeline", s["frames"])
+    yield _counter("results", "Results published", s["results"])
+    yield _counter(
+        "dropped_frames",
+        "Frames dropped (a newer one arrived first, or inference was restarting)",
+        s["dropped_frames"],
+    )
+    yield _gauge("fps", "Frames per second between the last two stats snapshots", s["fps"])
+    latency = GaugeMetricFamily(
+        f"{PREFIX}_stage_latency_seconds",
+        "Per-stage latency percentile over the last frames",
+        labels=["stage", "quantile"],
+    )
+    for stage, q in sorted(s["stages"].items()):
+        latency.add_metric([stage, "0.5"], q["p50_ms"] / 1000.0)
+        latency.add_metric([stage, "0.99"], q["p99_ms"] / 1000.0)
+    yield latency
+    yield _by("faults", "Events raised, by kind (before merging)", "kind", s["faults"])
+    for what in ("imputed", "clipped"):
+        if what in s:
+            yield _by(what, f"Sensor values {what}, by feature", "feature", s[what])
+
+
+def _outbox(outbox: Mapping[str, Any]) -> Iterator[Metric]:
+    yield _gauge("outbox_messages", "Messages queued in the outbox, not yet acknowledged", outbox["depth"])
+    if "bytes" in outbox:
+        yield _gauge("outbox_bytes", "Size of the queued messages", outbox["bytes"])
+    if "in_flight" in outbox:
+        yield _gauge(
+            "outbox_in_flight_messages",
+            "Messages sent and awaiting the broker's acknowledgement",
+            outbox["in_flight"],
         )
-        yield _gauge("fps", "Frames per second between the last two stats snapshots", s["fps"])
-        latency = GaugeMetricFamily(
-            f"{PREFIX}_stage_latency_seconds",
-            "Per-stage latency percentile over the last frames",
-            labels=["stage", "quantile"],
-        )
-        for stage, q in sorted(s["stages"].items()):
-            latency.add_metric([stage, "0.5"], q["p50_ms"] / 1000.0)
-            latency.add_metric([stage, "0.99"], q["p99_ms"] / 1000.0)
-        yield latency
-        yield _by("faults", "Events raised, by kind (before merging)", "kind", s["faults"])
-        for what in ("imputed", "clipped"):
-            if what in s:
-                yield _by(what, f"Sensor values {what}, by feature", "feature", s[what])
-        outbox = s["outbox"]
-        yield _gauge("outbox_messages", "Messages queued in the outbox, not yet acknowledged", outbox["depth"])
-        if "bytes" in outbox:
-            yield _gauge("outbox_bytes", "Size of the queued messages", outbox["bytes"])
-        if "in_flight" in outbox:
-            yield _gauge(
-                "outbox_in_flight_messages",
-                "Messages sent and awaiting the broker's acknowledgement",
-                outbox["in_flight"],
-            )
-        if outbox.get("oldest_age_s") is not None:
-            yield _gauge("outbox_oldest_age_seconds", "Age of the oldest queued message", outbox["oldest_age_s"])
-        if "on_disk" in outbox:
-            yield _gauge(
-                "outbox_on_disk", "1 while the outbox is on disk, 0 while kept in memory", int(outbox["on_disk"])
-            )
-        yield _gauge("resident_memory_bytes", "Resident memory of the agent process", s["rss_mb"] * 1e6)
-        if s.get("cpu_temp_c") is not None:
-            yield _gauge("cpu_temperature_celsius", "SoC temperature", s["cpu_temp_c"])
-        if "broker_connected" in s:
-            yield _gauge("broker_connected", "1 while the MQTT link is up", int(s["broker_connected"]))
-        if "state" in s:
-            state = GaugeMetricFamily(f"{PREFIX}_state", "The status state: 1 for the current one", labels=["state"])
-            for name in STATES:
-                state.add_metric([name], int(s["state"] == name))
-            yield state
+    if outbox.get("oldest_age_s") is not None:
+        yield _gauge("outbox_oldest_age_seconds", "Age of the oldest queued message", outbox["oldest_age_s"])
+    if "on_disk" in outbox:
+        yield _gauge("outbox_on_disk", "1 while the outbox is on disk, 0 while kept in memory", int(outbox["on_disk"]))
+
+
+def _health(s: Mapping[str, Any]) -> Iterator[Metric]:
+    """The process, the board, the link and the status state."""
+    yield _gauge("resident_memory_bytes", "Resident memory of the agent process", s["rss_mb"] * 1e6)
+    if s.get("cpu_temp_c") is not None:
+        yield _gauge("cpu_temperature_celsius", "SoC temperature", s["cpu_temp_c"])
+    if "broker_connected" in s:
+        yield _gauge("broker_connected", "1 while the MQTT link is up", int(s["broker_connected"]))
+    if "state" in s:
+        state = GaugeMetricFamily(f"{PREFIX}_state", "The status state: 1 for the current one", labels=["state"])
+        for name in STATES:
+            state.add_metric([name], int(s["state"] == name))
+        yield state
 
 
 class MetricsEndpoint:

@@ -110,32 +110,8 @@ def load_settings(
 ) -> PushSettings:
     """The broker link and the update key: from the config file's `[mqtt]` and `remote.hmac_key_file`,
     overridden by the flags. Paths in the file are relative to its folder, as for the agent."""
-    raw_mqtt: dict[str, Any] = {}
-    key_path = key_file
-    if config_path is not None:
-        p = Path(config_path)
-        try:
-            raw = read_toml(p)
-        except ConfigError as err:
-            raise PushError(str(err)) from None
-        problems = raw_problems(raw)  # a NUL in a path would raise out of every file call
-        if problems:
-            raise PushError(f"{p}: {problems[0]}")
-        base = p.resolve().parent
-        section = raw.get("mqtt", {})
-        if not isinstance(section, dict):
-            raise PushError(f"{p}: mqtt: must be a table")
-        raw_mqtt = dict(section)
-        if isinstance(raw_mqtt.get("password_file"), str):
-            raw_mqtt["password_file"] = _resolve(raw_mqtt["password_file"], base)
-        tls = raw_mqtt.get("tls")
-        if isinstance(tls, dict):
-            raw_mqtt["tls"] = {
-                k: _resolve(v, base) if k in ("ca", "cert", "key") and isinstance(v, str) else v for k, v in tls.items()
-            }
-        remote = raw.get("remote", {})
-        if key_path is None and isinstance(remote, dict) and isinstance(remote.get("hmac_key_file"), str):
-            key_path = _resolve(remote["hmac_key_file"], base)
+    raw_mqtt, file_key = _from_config_file(Path(config_path)) if config_path is not None else ({}, None)
+    key_path = key_file if key_file is not None else file_key
     if host is not None:
         raw_mqtt["host"] = host
     if port is not None:
@@ -146,13 +122,44 @@ def load_settings(
         raise PushError("; ".join(format_validation_error(err, prefix="mqtt."))) from None
     if key_path is None:
         raise PushError("no update key: give --key FILE, or -c CONFIG with remote.hmac_key_file")
+    return PushSettings(cfg, _read_key(key_path))
+
+
+def _from_config_file(p: Path) -> tuple[dict[str, Any], str | None]:
+    """The raw `[mqtt]` table and `remote.hmac_key_file`, their paths made absolute."""
+    try:
+        raw = read_toml(p)
+    except ConfigError as err:
+        raise PushError(str(err)) from None
+    problems = raw_problems(raw)  # a NUL in a path would raise out of every file call
+    if problems:
+        raise PushError(f"{p}: {problems[0]}")
+    base = p.resolve().parent
+    section = raw.get("mqtt", {})
+    if not isinstance(section, dict):
+        raise PushError(f"{p}: mqtt: must be a table")
+    raw_mqtt = dict(section)
+    if isinstance(raw_mqtt.get("password_file"), str):
+        raw_mqtt["password_file"] = _resolve(raw_mqtt["password_file"], base)
+    tls = raw_mqtt.get("tls")
+    if isinstance(tls, dict):
+        raw_mqtt["tls"] = {
+            k: _resolve(v, base) if k in ("ca", "cert", "key") and isinstance(v, str) else v for k, v in tls.items()
+        }
+    remote = raw.get("remote", {})
+    if isinstance(remote, dict) and isinstance(remote.get("hmac_key_file"), str):
+        return raw_mqtt, _resolve(remote["hmac_key_file"], base)
+    return raw_mqtt, None
+
+
+def _read_key(key_path: str) -> bytes:
     try:
         key = read_secret(key_path).encode("utf-8")  # exactly as the agent reads it
     except ConfigError as err:
         raise PushError(f"update key: {err}") from None
     if len(key) < MIN_KEY_BYTES:
         raise PushError(f"update key {key_path}: shorter than {MIN_KEY_BYTES} bytes (the agents refuse such a key)")
-    return PushSettings(cfg, key)
+    return key
 
 
 # ---- answers ------------------------------------------------------------------------------
@@ -329,6 +336,34 @@ def push(
 ) -> PushOutcome:
     """Sign `config` and publish it to one device or a group; gather the answers until each
     expected one came or `timeout` passed. PushError if nothing could be sent."""
+    name = _check_request(device=device, group=group, version=version, timeout=timeout, expect=expect)
+    prefix = settings.mqtt.topic_prefix
+    session = _Session(settings.mqtt)
+    session.connect()
+    try:
+        # answers first: nothing a device says after the publish may be missed
+        session.subscribe(f"{prefix}/+/config/result")
+        members: dict[str, int] = {}  # known devices (group members) -> their running version
+        if group is not None or version is None:
+            members = _running_versions(session, prefix, device=device, group=group, wait=state_wait)
+        if version is None:
+            version = max(members.values(), default=0) + 1
+        doc = _signed_document(settings.key, config, version)
+        target = f"{prefix}/{device}/config/set" if device is not None else f"{prefix}/group/{group}/config/set"
+        wanted = 1 if device is not None else (expect if expect is not None else (len(members) or None))
+        outcome = PushOutcome(target, version, expected=None if device is not None else wanted, timeout=timeout)
+        session.publish(target, json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        seen = _gather_answers(session, outcome, prefix=prefix, device=device, wanted=wanted)
+        outcome.silent = sorted(set(members if group is not None else [name]) - seen)
+        return outcome
+    finally:
+        session.close()
+
+
+def _check_request(
+    *, device: str | None, group: str | None, version: int | None, timeout: float, expect: int | None
+) -> str:
+    """The arguments checked before anything is sent; the device's or the group's name."""
     if (device is None) == (group is None):
         raise PushError("give exactly one of --device ID or --group G")
     name = device if device is not None else group
@@ -342,67 +377,76 @@ def push(
         raise PushError(f"--timeout: must be a positive number of seconds, got {timeout}")
     if expect is not None and expect < 1:
         raise PushError(f"--expect: must be at least 1, got {expect}")
-    prefix = settings.mqtt.topic_prefix
-    session = _Session(settings.mqtt)
-    session.connect()
+    return name
+
+
+def _running_versions(
+    session: _Session, prefix: str, *, device: str | None, group: str | None, wait: float
+) -> dict[str, int]:
+    """The running version of the device, or of each group member, from the retained config/state."""
+    members: dict[str, int] = {}
+    state_topic = f"{prefix}/{device}/config/state" if device is not None else f"{prefix}/+/config/state"
+    session.subscribe(state_topic)
+    deadline = time.monotonic() + wait
+    while (msg := session.next_message(deadline)) is not None:
+        if not msg.topic.endswith("/config/state"):
+            continue  # an answer to somebody else's push: not ours
+        dev, running = _device_of(msg.topic, prefix), _state_version(msg.payload)
+        if running is None:
+            continue
+        if group is not None:
+            groups = msg.payload.get("groups")
+            if not isinstance(groups, list) or group not in groups:
+                continue
+        members[dev] = running
+        if device is not None:
+            break  # the one retained message there is
+    session.client.unsubscribe(state_topic)
+    return members
+
+
+def _signed_document(key: bytes, config: dict[str, Any], version: int) -> dict[str, Any]:
+    """The update document, checked as the agent will check it."""
     try:
-        # answers first: nothing a device says after the publish may be missed
-        session.subscribe(f"{prefix}/+/config/result")
-        members: dict[str, int] = {}  # known devices (group members) -> their running version
-        if group is not None or version is None:
-            state_topic = f"{prefix}/{device}/config/state" if device is not None else f"{prefix}/+/config/state"
-            session.subscribe(state_topic)
-            deadline = time.monotonic() + state_wait
-            while (msg := session.next_message(deadline)) is not None:
-                if not msg.topic.endswith("/config/state"):
-                    continue  # an answer to somebody else's push: not ours
-                dev, running = _device_of(msg.topic, prefix), _state_version(msg.payload)
-                if running is None:
-                    continue
-                if group is not None:
-                    groups = msg.payload.get("groups")
-                    if not isinstance(groups, list) or group not in groups:
-                        continue
-                members[dev] = running
-                if device is not None:
-                    break  # the one retained message there is
-            session.client.unsubscribe(state_topic)
-        if version is None:
-            version = max(members.values(), default=0) + 1
-        try:
-            sig = sign(settings.key, config, version)
-        except (TypeError, ValueError) as err:
-            raise PushError(f"the update cannot be put in canonical JSON: {err}") from None
-        doc = {"version": version, "config": config, "sig": sig}
-        try:
-            parse_update(doc, settings.key)  # the agent's own checks of the document's form
-        except UpdateRejectedError as err:
-            raise PushError(f"the update would be rejected: {err}") from None
-        target = f"{prefix}/{device}/config/set" if device is not None else f"{prefix}/group/{group}/config/set"
-        wanted = 1 if device is not None else (expect if expect is not None else (len(members) or None))
-        outcome = PushOutcome(target, version, expected=None if device is not None else wanted, timeout=timeout)
-        session.publish(target, json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-        seen: set[str] = set()
-        deadline = time.monotonic() + timeout
-        while wanted is None or len(outcome.answers) < wanted:
-            msg = session.next_message(deadline)
-            if msg is None:
-                break
-            if not msg.topic.endswith("/config/result"):
-                continue
-            dev = _device_of(msg.topic, prefix)
-            if (device is not None and dev != device) or dev in seen:
-                continue
-            answer = Answer.from_payload(dev, msg.payload)
-            # a document the inbox refused unread (too large, not JSON) is answered without a version
-            if answer is None or (answer.version != version and not (answer.version is None and not answer.applied)):
-                continue
-            seen.add(dev)
-            outcome.answers.append(answer)
-        outcome.silent = sorted(set(members if group is not None else [name]) - seen)
-        return outcome
-    finally:
-        session.close()
+        sig = sign(key, config, version)
+    except (TypeError, ValueError) as err:
+        raise PushError(f"the update cannot be put in canonical JSON: {err}") from None
+    doc = {"version": version, "config": config, "sig": sig}
+    try:
+        parse_update(doc, key)  # the agent's own checks of the document's form
+    except UpdateRejectedError as err:
+        raise PushError(f"the update would be rejected: {err}") from None
+    return doc
+
+
+def _gather_answers(
+    session: _Session, outcome: PushOutcome, *, prefix: str, device: str | None, wanted: int | None
+) -> set[str]:
+    """Each device's first answer to this version into `outcome`, until `wanted` came or time is up;
+    the devices that answered."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + outcome.timeout
+    while wanted is None or len(outcome.answers) < wanted:
+        msg = session.next_message(deadline)
+        if msg is None:
+            break
+        if not msg.topic.endswith("/config/result"):
+            continue
+        dev = _device_of(msg.topic, prefix)
+        if (device is not None and dev != device) or dev in seen:
+            continue
+        answer = Answer.from_payload(dev, msg.payload)
+        # a document the inbox refused unread (too large, not JSON) is answered without a version
+        if answer is None or not _answers(answer, outcome.version):
+            continue
+        seen.add(dev)
+        outcome.answers.append(answer)
+    return seen
+
+
+def _answers(answer: Answer, version: int) -> bool:
+    """Whether an answer is to this push: its version, or a refusal of a document read without one."""
+    return answer.version == version or (answer.version is None and not answer.applied)
 
 
 def config_from_env(explicit: str | None) -> str | None:

@@ -11,6 +11,8 @@ import pytest
 from edge_agent.broker import LocalBroker, free_port
 from edge_agent.cli import main
 
+pytestmark = pytest.mark.e2e  # starts a broker or an edge-agent process (see tests/conftest.py)
+
 STAGES = ("capture_wait", "preprocess", "invoke", "guard", "postprocess", "publish")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from conftest import BUNDLED, INTERPRETER
 
 from edge_agent.check import audit_prepared
@@ -36,6 +37,7 @@ def model_section(name: str, **extra: str) -> str:
     return "[model]\n" + "\n".join(lines) + "\n"
 
 
+@pytest.mark.e2e
 def test_healthy_digits_model_with_samples(tmp_path: Path) -> None:
     samples = sorted(FRAMES.glob("*.png"))[:5]
     cfg = (
@@ -55,6 +57,7 @@ def test_healthy_digits_model_with_samples(tmp_path: Path) -> None:
     assert right >= 4
 
 
+@pytest.mark.e2e
 def test_nan_prone_model_fed_raw_pixels_is_a_fault(tmp_path: Path) -> None:
     sample = sorted(FRAMES.glob("*.png"))[0]
     r = check(tmp_path, model_section("nan_prone.tflite"), sample)
@@ -67,6 +70,7 @@ def test_nan_prone_model_fed_raw_pixels_is_a_fault(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout
 
 
+@pytest.mark.e2e
 def test_sensor_rows_with_a_blank_cell(tmp_path: Path) -> None:
     feats = MANIFEST["models"]["sensor"]["transform"]["features"]
     cfg = (
@@ -84,6 +88,7 @@ def test_sensor_rows_with_a_blank_cell(tmp_path: Path) -> None:
     assert "rows.csv:3: values: progression=" in r.stdout and "(imputed: bmi)" in r.stdout
 
 
+@pytest.mark.e2e
 def test_missing_model_and_bad_sample(tmp_path: Path) -> None:
     r = check(tmp_path, f'[model]\npath = "{tmp_path / "absent.tflite"}"\n')
     assert r.returncode == 1 and "model: FAULT: model file not found" in r.stdout
@@ -94,6 +99,7 @@ def test_missing_model_and_bad_sample(tmp_path: Path) -> None:
     assert "broken.png: FAULT: broken.png is not a decodable JPEG/PNG/BMP image" in r.stdout
 
 
+@pytest.mark.e2e
 def test_model_failing_inside_invoke(tmp_path: Path) -> None:
     r = check(tmp_path, model_section("invoke_error.tflite", task='"raw"'))
     assert r.returncode == 1
@@ -101,11 +107,13 @@ def test_model_failing_inside_invoke(tmp_path: Path) -> None:
     assert "Traceback" not in r.stdout + r.stderr
 
 
+@pytest.mark.e2e
 def test_invalid_config_exits_2(tmp_path: Path) -> None:
     r = check(tmp_path, model_section("digits_float.tflite") + "[preprocess]\nstd = [0]\n")
     assert r.returncode == 2 and "preprocess.std: every value must be > 0" in r.stderr
 
 
+@pytest.mark.e2e
 def test_sample_audit_against_the_reference(tmp_path: Path, coral: Path) -> None:
     """`check --sample` prints per-channel statistics and compares the plan with the reference."""
     r = check(

@@ -147,6 +147,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "edge_agent", *args], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.e2e
 def test_cli_validate_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
     p = write(tmp_path, MINIMAL + "[mqtt]\nport = 70000\nbogus = true\n")
     r = run_cli("config", "validate", str(p))
@@ -158,6 +159,7 @@ def test_cli_validate_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.e2e
 def test_cli_validate_ok_and_run_with_invalid_config(tmp_path: Path) -> None:
     good = write(tmp_path, MINIMAL)
     r = run_cli("config", "validate", str(good))
@@ -172,6 +174,7 @@ def test_cli_validate_ok_and_run_with_invalid_config(tmp_path: Path) -> None:
         assert "model: required" in r.stderr
 
 
+@pytest.mark.e2e
 def test_config_path_from_environment(tmp_path: Path) -> None:
     bad = write(tmp_path, "[mqtt]\nport = -1\n")
     r = subprocess.run(

@@ -84,6 +84,7 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
 
 
 @pytest.mark.parametrize(("text", "expected"), [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
+@pytest.mark.e2e
 def test_bad_config_strings_and_nesting_are_one_line_exit_2(tmp_path: Path, text: str, expected: str) -> None:
     p = tmp_path / "agent.toml"
     p.write_text(text)
@@ -102,6 +103,7 @@ def test_bad_config_strings_and_nesting_are_one_line_exit_2(tmp_path: Path, text
     ],
     ids=["empty host", "NUL in a path", "nested 500 deep"],
 )
+@pytest.mark.e2e
 def test_run_refuses_them_before_starting(tmp_path: Path, text: str) -> None:
     """They passed `config validate` and crashed `run` with a traceback: now both stop at the config."""
     p = tmp_path / "agent.toml"
@@ -143,6 +145,7 @@ def unending_paths(tmp_path: Path) -> dict[str, Path]:
     }
 
 
+@pytest.mark.e2e
 def test_a_config_path_that_never_ends_is_one_line_exit_2(tmp_path: Path) -> None:
     """`config validate /dev/zero` raised MemoryError; a FIFO hung."""
     for expected, path in {**unending_paths(tmp_path), "is a character device": Path("/dev/zero")}.items():

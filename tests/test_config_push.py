@@ -22,6 +22,8 @@ from mqtt_helpers import REPO, AgentProcess, Collector, retained, subprocess_env
 
 from edge_agent.broker import LocalBroker, free_port
 
+pytestmark = pytest.mark.e2e  # starts a broker or an edge-agent process (see tests/conftest.py)
+
 KEY = "fleet-update-key-0123456789abcdef\n"
 GROUP = "g1"
 DIGITS_PREPROCESS = {

@@ -51,6 +51,7 @@ def check_demo_output(out: str) -> tuple[int, float, float]:
     return n, pct, first
 
 
+@pytest.mark.e2e
 def test_demo_starts_its_own_broker_and_shows_results() -> None:
     port = free_port()
     assert not port_answers("127.0.0.1", port)

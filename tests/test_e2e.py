@@ -25,6 +25,8 @@ from mqtt_helpers import AgentProcess, Collector, retained, run_agent, write_con
 
 from edge_agent.broker import LocalBroker
 
+pytestmark = pytest.mark.e2e  # starts a broker or an edge-agent process (see tests/conftest.py)
+
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 DIGITS_PREPROCESS = {

@@ -231,6 +231,7 @@ def test_discovery_published_and_valid_for_home_assistant(
     ]
 
 
+@pytest.mark.e2e
 def test_discovery_republished_on_reconnect(tmp_path: Path, device: str, bundled: Path) -> None:
     """A broker that restarts without persistence has lost the retained configs: the agent's
     reconnect publishes them again."""

@@ -582,6 +582,7 @@ def test_float_audio_at_3e38_is_not_diagnosed_as_pixels(
     assert any("audio samples reach 3e+38" in e["message"] for e in faults), faults
 
 
+@pytest.mark.slow
 def test_a_10_mb_csv_header_is_quoted_in_part_on_every_retry(
     tmp_path: Path, mosquitto: LocalBroker, device: str, col: Collector, bundled: Path
 ) -> None:

@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import BUNDLED, INTERPRETER
+
+pytestmark = pytest.mark.e2e  # starts a broker or an edge-agent process (see tests/conftest.py)
 
 
 def inspect(path: Path) -> subprocess.CompletedProcess[str]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install.sh"
 
 
@@ -15,6 +17,7 @@ def dry(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", str(SCRIPT), "--dry-run", *args], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.e2e
 def test_install_actions() -> None:
     r = dry()
     assert r.returncode == 0, r.stderr
@@ -32,6 +35,7 @@ def test_install_actions() -> None:
     assert "mqtt_password" in out and "update.key" in out  # LoadCredential= sources exist
 
 
+@pytest.mark.e2e
 def test_no_start_and_uninstall_keep_data() -> None:
     no_start = dry("--no-start").stdout
     assert "systemctl enable edge-agent.service" in no_start and "systemctl restart" not in no_start
@@ -42,6 +46,7 @@ def test_no_start_and_uninstall_keep_data() -> None:
     assert "rm -rf /etc/edge-agent /var/lib/edge-agent" in purge and "userdel edge-agent" in purge
 
 
+@pytest.mark.e2e
 def test_unknown_option_is_refused() -> None:
     r = subprocess.run(["bash", str(SCRIPT), "--bogus"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "unknown option --bogus" in r.stderr

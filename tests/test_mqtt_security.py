@@ -27,6 +27,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.broker import LocalBroker, free_port, start_mosquitto
 
+pytestmark = pytest.mark.e2e  # starts a broker or an edge-agent process (see tests/conftest.py)
+
 # distinctive, so that any leak is found by a plain substring search
 PASSWORD = "pw-" + secrets.token_hex(12)
 WRONG_PASSWORD = "wrong-" + secrets.token_hex(12)

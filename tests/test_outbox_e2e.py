@@ -29,6 +29,8 @@ from conftest import INTERPRETER
 from mqtt_helpers import AgentProcess, Broker, retained, write_config
 from paho.mqtt.enums import CallbackAPIVersion
 
+pytestmark = pytest.mark.e2e  # starts a broker or an edge-agent process (see tests/conftest.py)
+
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 DIGITS_PREPROCESS = {"scale": 1 / 255, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
@@ -248,6 +250,7 @@ def queued_events(db_path: Path) -> list[dict[str, Any]]:
 
 
 # ---- 1. a 30 s broker outage ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_broker_outage_loses_no_event(
     tmp_path: Path, broker: Broker, recorders: list[Recorder], device: str, bundled: Path
 ) -> None:
@@ -345,6 +348,7 @@ def test_backlog_survives_sigkill_and_seq_goes_on(
     print(f"\n{n} events queued before SIGKILL: all delivered {drained:.2f} s after the restarted agent connected")
 
 
+@pytest.mark.slow
 def test_sigterm_with_a_backlog_flushes_it_and_exits_0(
     tmp_path: Path, broker: Broker, recorders: list[Recorder], device: str, bundled: Path
 ) -> None:

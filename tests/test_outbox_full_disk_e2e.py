@@ -31,6 +31,8 @@ from test_outbox_e2e import (
     stop_agent,
 )
 
+pytestmark = pytest.mark.e2e  # starts a broker or an edge-agent process (see tests/conftest.py)
+
 OUTAGE_S = 12.0  # the agent's reconnect attempts come 1, 3, 7, 15 s after the link dropped
 RSS_GROWTH_BOUND_MB = 40.0  # the memory queue holds at most outbox_max_mb (0.1 MB) of messages
 
@@ -67,6 +69,7 @@ class RssSampler:
         self._thread.join(5)
 
 
+@pytest.mark.slow
 def test_a_disk_full_mid_run_then_a_broker_outage_loses_no_event(
     tmp_path: Path, broker: Broker, device: str, bundled: Path
 ) -> None:

@@ -232,6 +232,7 @@ def test_cpu_model_with_edgetpu_delegate_falls_back_to_itself() -> None:
     assert model.delegate == "cpu" and model.name == "digits_float.tflite" and model.notes
 
 
+@pytest.mark.e2e
 def test_failed_delegate_leaves_no_library_noise(coral: Path) -> None:
     """The library prints "Exception ignored in: Delegate.__del__" when load_delegate fails."""
     script = textwrap.dedent(f"""

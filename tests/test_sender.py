@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from mqtt_helpers import Broker
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -26,6 +27,8 @@ from edge_agent.mqtt.link import MqttLink
 from edge_agent.mqtt.outbox import Outbox
 from edge_agent.mqtt.sender import OutboxSender
 from edge_agent.mqtt.topics import Topics
+
+pytestmark = pytest.mark.e2e  # starts a broker or an edge-agent process (see tests/conftest.py)
 
 
 def wait(cond: Any, timeout: float, what: str) -> None:

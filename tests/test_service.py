@@ -343,6 +343,7 @@ print("stopping after", signal.Signals(agent._stop_signal).name)
 """
 
 
+@pytest.mark.e2e
 def test_sigterm_while_the_loop_holds_the_stop_events_lock_does_not_hang(tmp_path: Path) -> None:
     # A handler that calls Event.set() would wait forever for the lock its own thread holds:
     # seen as an agent that logged "signal SIGTERM: stopping" and never stopped.

@@ -204,6 +204,7 @@ def test_a_full_queue_drops_the_oldest_and_says_how_many(mosquitto: LocalBroker,
         src.close()
 
 
+@pytest.mark.e2e
 def test_broker_down_at_start_then_up(tmp_path: Path, device: str) -> None:
     """No broker: `read()` answers NO_FRAME_YET promptly; paho connects when one starts."""
     port = free_port()

@@ -35,6 +35,7 @@ def _frames(info_shape: tuple[int, ...], dtype: np.dtype, n: int) -> list[np.nda
 
 
 @pytest.mark.parametrize("name", ["digits_uint8.tflite", "digits_float.tflite"])
+@pytest.mark.e2e
 def test_outputs_equal_inline_bit_for_bit(bundled: Path, name: str) -> None:
     inline = load_model(_cfg(bundled / name))
     with WorkerModel(_cfg(bundled / name, isolation="process")) as worker:
@@ -57,6 +58,7 @@ def test_outputs_equal_inline_bit_for_bit(bundled: Path, name: str) -> None:
             assert np.array_equal(got, inline.interpreter.get_tensor(info.index))
 
 
+@pytest.mark.e2e
 def test_open_model_follows_isolation(bundled: Path) -> None:
     inline = open_model(_cfg(bundled / "digits_uint8.tflite"))
     assert not isinstance(inline, WorkerModel)
@@ -68,6 +70,7 @@ def test_open_model_follows_isolation(bundled: Path) -> None:
         worker.close()
 
 
+@pytest.mark.e2e
 def test_load_errors_surface_from_the_child(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as e:
         WorkerModel(_cfg(tmp_path / "absent.tflite", isolation="process"))
@@ -99,6 +102,7 @@ def _run_until_ok(worker: WorkerModel, limit: float = 20.0) -> None:
                 raise
 
 
+@pytest.mark.e2e
 def test_abort_in_the_child_is_an_inference_crash_and_recovers(bundled: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(FAULT_ENV, "abort-after:3")
     inline = load_model(_cfg(bundled / "digits_uint8.tflite"))
@@ -120,6 +124,7 @@ def test_abort_in_the_child_is_an_inference_crash_and_recovers(bundled: Path, mo
         assert worker.fetch_outputs()[0][0].tobytes() == inline.fetch_outputs()[0][0].tobytes()
 
 
+@pytest.mark.e2e
 def test_hang_is_detected_within_the_deadline_and_recovers(bundled: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(FAULT_ENV, "hang-after:2")
     with WorkerModel(
@@ -138,6 +143,7 @@ def test_hang_is_detected_within_the_deadline_and_recovers(bundled: Path, monkey
         assert worker.restarts == 1
 
 
+@pytest.mark.e2e
 def test_crash_loop_is_capped(bundled: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(FAULT_ENV, "abort-after:0")
     with WorkerModel(
@@ -158,6 +164,7 @@ def test_crash_loop_is_capped(bundled: Path, monkeypatch: pytest.MonkeyPatch) ->
         assert worker.restarts == 3
 
 
+@pytest.mark.e2e
 def test_backoff_doubles_and_never_blocks(bundled: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Between crashes, invoke() answers "inference_restarting" at once (the agent's loop goes on
     serving the broker and the watchdog); the crashes come 0.2, 0.4, 0.4 (capped) s apart plus a
@@ -184,6 +191,7 @@ def test_backoff_doubles_and_never_blocks(bundled: Path, monkeypatch: pytest.Mon
         assert slowest_restarting < 0.1  # polls, never waits for the backoff or the load
 
 
+@pytest.mark.e2e
 def test_close_during_a_restart_leaves_no_process(bundled: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(FAULT_ENV, "abort-after:0")
     worker = WorkerModel(_cfg(bundled / "digits_uint8.tflite", isolation="process"), backoff_s=0.0)
@@ -215,6 +223,7 @@ print("closed", flush=True)
 """
 
 
+@pytest.mark.e2e
 def test_shared_memory_is_released_on_close(bundled: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(FAULT_ENV, raising=False)
     before = set(Path("/dev/shm").iterdir()) if Path("/dev/shm").is_dir() else set()

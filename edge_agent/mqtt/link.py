@@ -145,7 +145,9 @@ def load_credentials(client: mqtt.Client, cfg: MqttConfig) -> None:
         client.username_pw_set(cfg.username, password)
 
 
-def describe_connect_error(err: OSError, cfg: MqttConfig) -> str:
+def describe_connect_error(  # noqa: PLR0911 - one line per cause, most specific first (SSLCertVerificationError is an SSLError)
+    err: OSError, cfg: MqttConfig
+) -> str:
     """One line, naming the cause and what to check; never the secret."""
     where, tls = f"{cfg.host}:{cfg.port}", cfg.tls
     if isinstance(err, ConnectSetupError):

@@ -76,27 +76,9 @@ def _finite(value: Any) -> bool:
 
 def parse_update(payload: Any, key: bytes) -> UpdateDoc:
     """Check the document's form and signature (not its content: see `overlay`)."""
-    if not isinstance(payload, dict):
-        raise UpdateRejectedError(
-            "document", f"must be a JSON object {{version, config, sig}}, got {type(payload).__name__}"
-        )
-    if depth(payload) > MAX_DEPTH:
-        raise UpdateRejectedError("document", f"nested more than {MAX_DEPTH} levels deep")
-    # keys named safely: a hostile key need not be text (nor have one: a huge int)
-    extra = sorted(
-        k if isinstance(k, str) else f"<{type(k).__name__}>" for k in set(payload) - {"version", "config", "sig"}
-    )
-    if extra:
-        raise UpdateRejectedError("document", f"unknown field(s): {', '.join(extra)[:200]}")
-    for field in ("version", "config", "sig"):
-        if field not in payload:
-            raise UpdateRejectedError(field, "missing")
+    _check_shape(payload)
     version, config, sig = payload["version"], payload["config"], payload["sig"]
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise UpdateRejectedError("version", f"must be an integer, got {type(version).__name__}")
-    if not 1 <= version <= MAX_VERSION:
-        got = str(version) if version.bit_length() <= 64 else f"a number of {version.bit_length()} bits"
-        raise UpdateRejectedError("version", f"must be from 1 to {MAX_VERSION}, got {got}")
+    _check_version(version)
     if not isinstance(config, dict):
         raise UpdateRejectedError("config", f"must be an object (a partial config), got {type(config).__name__}")
     if not isinstance(sig, str) or len(sig) != SIG_HEX or any(c not in "0123456789abcdefABCDEF" for c in sig):
@@ -112,3 +94,30 @@ def parse_update(payload: Any, key: bytes) -> UpdateDoc:
             "sig", "signature does not match this device's key (wrong key, or the document was altered)"
         )
     return UpdateDoc(version=version, config=config)
+
+
+def _check_shape(payload: Any) -> None:
+    """An object of bounded depth with exactly the fields {version, config, sig}."""
+    if not isinstance(payload, dict):
+        raise UpdateRejectedError(
+            "document", f"must be a JSON object {{version, config, sig}}, got {type(payload).__name__}"
+        )
+    if depth(payload) > MAX_DEPTH:
+        raise UpdateRejectedError("document", f"nested more than {MAX_DEPTH} levels deep")
+    # keys named safely: a hostile key need not be text (nor have one: a huge int)
+    extra = sorted(
+        k if isinstance(k, str) else f"<{type(k).__name__}>" for k in set(payload) - {"version", "config", "sig"}
+    )
+    if extra:
+        raise UpdateRejectedError("document", f"unknown field(s): {', '.join(extra)[:200]}")
+    for field in ("version", "config", "sig"):
+        if field not in payload:
+            raise UpdateRejectedError(field, "missing")
+
+
+def _check_version(version: Any) -> None:
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise UpdateRejectedError("version", f"must be an integer, got {type(version).__name__}")
+    if not 1 <= version <= MAX_VERSION:
+        got = str(version) if version.bit_length() <= 64 else f"a number of {version.bit_length()} bits"
+        raise UpdateRejectedError("version", f"must be from 1 to {MAX_VERSION}, got {got}")

@@ -126,7 +126,9 @@ def trial_load(
         raise verdict
 
 
-def _run_child(data: bytes, *, name: str, interpreter: str, timeout_s: float) -> tuple[ModelError | None, bool]:
+def _run_child(  # noqa: PLR0911 - one verdict per way the child can end, told apart in this order
+    data: bytes, *, name: str, interpreter: str, timeout_s: float
+) -> tuple[ModelError | None, bool]:
     """The verdict (None: the child survived) and whether it is one on the file itself."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)

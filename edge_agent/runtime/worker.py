@@ -122,11 +122,7 @@ def _child_main(
     conn: Connection, cfg: ModelConfig, backend_factory: BackendFactory | None = None
 ) -> None:  # pragma: no cover - runs in the child
     """The worker: load the model, attach the shared memory, then answer invoke requests."""
-    for sig in (signal.SIGINT, signal.SIGTERM):  # the parent (or SIGKILL) decides when the worker ends
-        signal.signal(sig, signal.SIG_IGN)
-    if sys.platform == "linux":  # and a worker never outlives its agent, even one killed with SIGKILL
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    _child_detach()
     try:
         backend = backend_factory() if backend_factory is not None else None
         # this process is the contained load: a crash here is a worker crash, not the agent's
@@ -146,17 +142,29 @@ def _child_main(
             model.notes,
         )
     )
-    msg = conn.recv()
-    names_in, names_out = msg
+    names_in, names_out = conn.recv()
     shms = [SharedMemory(name=n) for n in (*names_in, *names_out)]
     ins = [_shm_array(s, i) for s, i in zip(shms[: len(names_in)], model.inputs, strict=True)]
     outs = [_shm_array(s, o) for s, o in zip(shms[len(names_in) :], model.outputs, strict=True)]
-    interp = model.interpreter
-    in_idx = [i.index for i in model.inputs]
-    out_idx = [o.index for o in model.outputs]
+    conn.send(("attached",))
+    _child_serve(conn, model, ins, outs)
+
+
+def _child_detach() -> None:  # pragma: no cover - runs in the child
+    """The parent (or SIGKILL) decides when the worker ends, and it never outlives its agent."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    if sys.platform == "linux":  # even an agent killed with SIGKILL takes its worker along
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+
+def _child_serve(
+    conn: Connection, model: LoadedModel, ins: list[npt.NDArray[Any]], outs: list[npt.NDArray[Any]]
+) -> None:  # pragma: no cover - runs in the child
+    """Answer invoke requests until told to quit or the parent is gone."""
     fault = _test_fault()
     done = 0
-    conn.send(("attached",))
     while True:
         try:
             cmd = conn.recv_bytes()
@@ -169,24 +177,32 @@ def _child_main(
                 os.abort()
             time.sleep(1e9)
         try:
-            for idx, src in zip(in_idx, ins, strict=True):
-                np.copyto(interp.tensor(idx)(), src)
-            model.invoke()
-            for idx, dst in zip(out_idx, outs, strict=True):
-                view = interp.tensor(idx)()
-                if view.shape != dst.shape:
-                    raise ModelError(
-                        f"model {model.name}: output shape {view.shape} differs from {dst.shape}; "
-                        'dynamic output shapes need isolation = "inline"',
-                        reason="invoke_failed",
-                    )
-                np.copyto(dst, view)
-                del view
+            _child_invoke(model, ins, outs)
         except ModelError as err:
             conn.send_bytes(json.dumps(["error", str(err), err.reason]).encode())
             continue
         done += 1
         conn.send_bytes(_OK)
+
+
+def _child_invoke(
+    model: LoadedModel, ins: list[npt.NDArray[Any]], outs: list[npt.NDArray[Any]]
+) -> None:  # pragma: no cover - runs in the child
+    """Shared memory into the input tensors, invoke, the output tensors into shared memory."""
+    interp = model.interpreter
+    for info, src in zip(model.inputs, ins, strict=True):
+        np.copyto(interp.tensor(info.index)(), src)
+    model.invoke()
+    for info, dst in zip(model.outputs, outs, strict=True):
+        view = interp.tensor(info.index)()
+        if view.shape != dst.shape:
+            raise ModelError(
+                f"model {model.name}: output shape {view.shape} differs from {dst.shape}; "
+                'dynamic output shapes need isolation = "inline"',
+                reason="invoke_failed",
+            )
+        np.copyto(dst, view)
+        del view
 
 
 class _TensorReader:

@@ -126,9 +126,7 @@ def trial_load(
         raise verdict
 
 
-def _run_child(  # noqa: PLR0911 - one verdict per way the child can end, told apart in this order
-    data: bytes, *, name: str, interpreter: str, timeout_s: float
-) -> tuple[ModelError | None, bool]:
+def _run_child(data: bytes, *, name: str, interpreter: str, timeout_s: float) -> tuple[ModelError | None, bool]:
     """The verdict (None: the child survived) and whether it is one on the file itself."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
@@ -152,6 +150,21 @@ def _run_child(  # noqa: PLR0911 - one verdict per way the child can end, told a
         bloated, timed_out = _watch(proc, budget, time.monotonic() + timeout_s)
         feeder.join(5.0)
         out, errout = _tail(out_f), _tail(err_f)
+    return _verdict(
+        name,
+        proc.returncode,
+        bloated=bloated,
+        timed_out=timed_out,
+        out=out,
+        errout=errout,
+        budget=budget,
+        timeout_s=timeout_s,
+    )
+
+
+def _verdict(  # noqa: PLR0911 - one verdict per way the child can end, told apart in this order
+    name: str, code: int, *, bloated: bool, timed_out: bool, out: bytes, errout: bytes, budget: int, timeout_s: float
+) -> tuple[ModelError | None, bool]:
     mb = budget >> 20
     if bloated:
         return ModelError(
@@ -159,7 +172,6 @@ def _run_child(  # noqa: PLR0911 - one verdict per way the child can end, told a
             "corrupt or not a model for this device; not loading it in the agent",
             reason="too_much_memory",
         ), True
-    code = proc.returncode
     if timed_out:
         return ModelError(
             f"{name}: a trial load in a child process did not finish within {timeout_s:g} s: the TFLite runtime "

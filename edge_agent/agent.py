@@ -88,15 +88,10 @@ class Agent:
         self._next_stats = 0.0
         self.notifier = Notifier()
         self.watchdog = Watchdog(self.notifier)
-        self.escalation = self._escalation_for(self.cfg)
+        self.escalation = Escalation.for_guard(self.cfg.guard)
         self.lane: InferenceLane = lane_for(self.cfg.model.overlap, self._conclude)
         self._wire(
-            cfg,
-            remote,
-            on_result=on_result,
-            config_path=config_path,
-            backend_factory=backend_factory,
-            source_factory=source_factory,
+            cfg, remote, on_result=on_result, config_path=config_path, backend=backend_factory, frames=source_factory
         )
 
     def _wire(
@@ -106,15 +101,15 @@ class Agent:
         *,
         on_result: Callable[[dict[str, Any]], None] | None,
         config_path: str | None,
-        backend_factory: BackendFactory | None,
-        source_factory: Callable[[], FrameSource] | None,
+        backend: BackendFactory | None,
+        frames: Callable[[], FrameSource] | None,
     ) -> None:
         self.models = ModelSupervisor(
             self.cfg,
             self.raise_event,
             settle=lambda: self.lane.complete(),  # noqa: PLW0108 - the lane is replaced when overlap changes
             on_swap=self._on_swap,
-            backend_factory=backend_factory,
+            backend_factory=backend,
         )
         # before the link: its Last Will is built from the status, which publishes through the link
         self.status = Status(lambda state: self.link.publish_status(state))  # noqa: PLW0108
@@ -125,7 +120,7 @@ class Agent:
         self.publisher = Publisher(self.cfg, self.topics, self.link, outbox, self.stats, on_result=on_result)
         self.inbox = Inbox(answer_busy=self._answer_busy)
         self.sources = SourceSupervisor(
-            self.cfg, self.raise_event, on_skipped=self._count_dropped, source_factory=source_factory
+            self.cfg, self.raise_event, on_skipped=self._count_dropped, source_factory=frames
         )
         self.config = ConfigController(
             remote, self.models, self.publisher, self.notifier, self._adopt, config_path=config_path
@@ -137,11 +132,6 @@ class Agent:
         self.ha = Discovery(cfg.homeassistant, self.topics, state_dir, version=__version__, publish=self.link.publish)
         self.link.on_connected.append(self.ha.on_connected)
         self.metrics: MetricsEndpoint | None = None
-
-    @staticmethod
-    def _escalation_for(cfg: AgentConfig) -> Escalation:
-        g = cfg.guard
-        return Escalation(degrade_after=g.degrade_after, act_after=g.act_after, recover_after=g.recover_after)
 
     # ---- what the parts share ---------------------------------------------------------------
     @property
@@ -208,7 +198,7 @@ class Agent:
             self.models.retry_now()
         self.publisher.adopt(new)
         self.cfg = new
-        self.escalation = self._escalation_for(new)
+        self.escalation = Escalation.for_guard(new.guard)
         if new.model.overlap != isinstance(self.lane, OverlapLane):
             self.lane.close()
             self.lane = lane_for(new.model.overlap, self._conclude)

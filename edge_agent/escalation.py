@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from edge_agent.config import GuardConfig
 
 Step = Literal["degrade", "act", "recover"] | None
 
@@ -22,6 +25,10 @@ class Escalation:
         self.faults = 0
         self.goods = 0
         self.degraded = False
+
+    @classmethod
+    def for_guard(cls, g: GuardConfig) -> Escalation:
+        return cls(degrade_after=g.degrade_after, act_after=g.act_after, recover_after=g.recover_after)
 
     def fault(self) -> Step:
         self.faults += 1

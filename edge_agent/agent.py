@@ -276,7 +276,7 @@ class Agent:
             self.lane.complete()  # commands and updates act between two frames, none in flight
             self.commands.serve(req)
         self._refresh_status()
-        if self.paused or self.models.pipeline is None or not self.sources.flowing:
+        if self.paused or not self.models.ready or not self.sources.flowing:
             self.lane.complete()
             self.commands.cancel_pending("no frames are flowing (paused, finished or degraded)")
             self._idle(IDLE_SLEEP_S)
@@ -300,7 +300,7 @@ class Agent:
     def _next_frame(self) -> None:
         paced_from = self._last_frame_at
         self._pace()
-        if self.models.pipeline is None:
+        if not self.models.ready:
             return  # the frame in flight, concluded while pacing, made the model go (the Edge TPU lost)
         # with a frame in flight, only a frame ready now is prepared alongside; else its result goes out first
         got = self.sources.take(0.0 if self.lane.busy else TAKE_WAIT_S)
@@ -346,7 +346,7 @@ class Agent:
 
     def _watchdog(self, now: float) -> None:
         s = self.sources
-        idle_by_design = self.paused or s.done or self.models.pipeline is None or not s.is_open or s.waiting
+        idle_by_design = self.paused or s.done or not self.models.ready or not s.is_open or s.waiting
         self.watchdog.tick(now, fps=self.cfg.source.fps, idle_by_design=idle_by_design)
 
     def _handle(self, lease: Lease) -> None:
@@ -430,6 +430,9 @@ class Agent:
             self.stop()
             return
         self.models.renew(action, n)
+        if self.models.holding and self.models.pipeline is not None:
+            # the faulty model's frame in flight is dropped, as every frame is until the new one is in
+            self._count_dropped(self.lane.retire(self.models.pipeline))
 
     # ---- stats and the stop -----------------------------------------------------------------
     def _status_text(self) -> str:

@@ -129,6 +129,8 @@ class ModelSupervisor:
         self._retry = RetrySchedule(Backoff.fixed(cfg.model.retry_interval_s))
         self._job: Job | None = None
         self._first = True  # no load has finished yet
+        # the guard's reload or fallback is being built: the faulty model takes no more frames
+        self.holding = False
         self.accel = AcceleratorWatch(lose_after=cfg.model.delegate_lost_after, retry_s=cfg.model.edgetpu_retry_s)
         self.tpu_wanted = False  # on the CPU because the Edge TPU failed or was missing: retry it
 
@@ -149,6 +151,11 @@ class ModelSupervisor:
     @property
     def building(self) -> bool:
         return self._job is not None
+
+    @property
+    def ready(self) -> bool:
+        """A pipeline that may take frames."""
+        return self.pipeline is not None and not self.holding
 
     @property
     def starting(self) -> bool:
@@ -202,6 +209,8 @@ class ModelSupervisor:
             self._start("tpu", model, "pass")
 
     def _finish(self, job: Job, now: float) -> None:
+        if job.purpose in ("reload", "fallback"):
+            self.holding = False
         try:
             built = job.build.result()
         except Exception as err:  # noqa: BLE001 - whatever failed, the agent goes on
@@ -351,6 +360,7 @@ class ModelSupervisor:
         if action == "fallback":
             assert m.fallback_path is not None
             model_cfg = m.model_copy(update={"path": m.fallback_path, "delegate": "cpu", "sha256": None})
+        self.holding = True
         self._start(action, model_cfg, "report", note=self.pipeline.model.name, faults=faults)
 
     def _renewed(self, job: Job, built: Built, now: float) -> None:

@@ -9,6 +9,7 @@ from edge_agent.errors import ModelError
 from edge_agent.runtime.backends import Backend
 from edge_agent.runtime.loader import EDGETPU_OP, ModelFile, check_in_child, tensor_details
 from edge_agent.runtime.tensors import TensorInfo
+from edge_agent.runtime.tflite_file import TensorMetadata, TfliteModelInfo
 
 
 @dataclass(frozen=True)
@@ -72,28 +73,36 @@ def format_report(r: ModelReport) -> list[str]:
     if info.custom_ops:
         lines.append("custom ops: " + ", ".join(info.custom_ops))
     lines.append(f"edge tpu ops: {'yes (' + EDGETPU_OP + ')' if info.edgetpu_compiled else 'none'}")
-    md = info.metadata
-    if md is None:
-        lines.append("metadata: none")
-    else:
-        lines.append(f"metadata: name={md.name!r} version={md.version!r} author={md.author!r} license={md.license!r}")
-        if md.description:
-            lines.append(f"  description: {md.description}")
-        for role, tensors in (("input", md.inputs), ("output", md.outputs)):
-            for i, tm in enumerate(tensors):
-                lines.append(f"  {role} {i}: {tm.name or '(unnamed)'}")
-                if tm.normalization_mean is not None or tm.normalization_std is not None:
-                    lines.append(
-                        f"    normalization: mean {_floats(tm.normalization_mean)} std {_floats(tm.normalization_std)}"
-                    )
-                if tm.color_space:
-                    lines.append(f"    color space: {tm.color_space}")
-                for af in tm.associated_files:
-                    if af.name is None:
-                        continue
-                    size = len(info.associated_files.get(af.name, b""))
-                    packed = f", packed in the file ({size} bytes)" if af.name in info.associated_files else ""
-                    lines.append(f"    associated file: {af.name} ({af.type}{packed})")
+    lines.extend(_fmt_metadata(info))
     if r.note:
         lines.append(f"note: {r.note}")
+    return lines
+
+
+def _fmt_metadata(info: TfliteModelInfo) -> list[str]:
+    md = info.metadata
+    if md is None:
+        return ["metadata: none"]
+    lines = [f"metadata: name={md.name!r} version={md.version!r} author={md.author!r} license={md.license!r}"]
+    if md.description:
+        lines.append(f"  description: {md.description}")
+    for role, tensors in (("input", md.inputs), ("output", md.outputs)):
+        for i, tm in enumerate(tensors):
+            lines.append(f"  {role} {i}: {tm.name or '(unnamed)'}")
+            lines.extend(_fmt_tensor_metadata(tm, info.associated_files))
+    return lines
+
+
+def _fmt_tensor_metadata(tm: TensorMetadata, packed_files: dict[str, bytes]) -> list[str]:
+    lines = []
+    if tm.normalization_mean is not None or tm.normalization_std is not None:
+        lines.append(f"    normalization: mean {_floats(tm.normalization_mean)} std {_floats(tm.normalization_std)}")
+    if tm.color_space:
+        lines.append(f"    color space: {tm.color_space}")
+    for af in tm.associated_files:
+        if af.name is None:
+            continue
+        size = len(packed_files.get(af.name, b""))
+        packed = f", packed in the file ({size} bytes)" if af.name in packed_files else ""
+        lines.append(f"    associated file: {af.name} ({af.type}{packed})")
     return lines

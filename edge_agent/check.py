@@ -51,7 +51,7 @@ def audit_prepared(pipeline: Pipeline, frame: Frame) -> tuple[list[str], bool]:
     if not isinstance(plan, ImagePlan) or frame.pixels is None:
         return [], True
     info = plan.info
-    got = _real(pipeline.model.interpreter.get_tensor(info.index)[0], info)
+    got = _real(pipeline.model.read_input(0)[0], info)
     want = _real(reference_prepare(frame.pixels, frame.order, plan.transform, info)[0], info)
     axis = 0 if plan.layout.nchw else -1
     table = _real(plan.tables, info)  # (256, C): what each pixel value of each channel becomes

@@ -20,8 +20,7 @@ import numpy.typing as npt
 from edge_agent.core.lease import Lease
 from edge_agent.errors import ModelError
 from edge_agent.pipeline import Pipeline, Staged
-from edge_agent.runtime.loader import LoadedModel
-from edge_agent.runtime.worker import WorkerModel
+from edge_agent.runtime.model import InferenceModel
 
 # how long submit() waits for the thread to be inside invoke() (it is there within ~0.1 ms; the
 # bound only keeps a stalled thread from stalling the loop)
@@ -40,7 +39,7 @@ class Invoked:
 
 
 class InvokeThread:
-    def __init__(self, model: LoadedModel | WorkerModel) -> None:
+    def __init__(self, model: InferenceModel) -> None:
         self.model = model
         self._go = threading.Event()
         self._done = threading.Event()

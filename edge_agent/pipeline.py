@@ -38,8 +38,9 @@ from edge_agent.preprocess import (
     transform_from_metadata,
 )
 from edge_agent.runtime.loader import LoadedModel, load_model
+from edge_agent.runtime.model import InferenceModel
 from edge_agent.runtime.tflite_file import labels_from_metadata
-from edge_agent.runtime.worker import BackendFactory, WorkerModel, open_model
+from edge_agent.runtime.worker import BackendFactory, open_model
 from edge_agent.sources.base import Frame
 from edge_agent.sources.wav_source import SCALES
 
@@ -104,7 +105,7 @@ def _ms(a: float, b: float) -> float:
 
 
 class Pipeline:
-    def __init__(self, cfg: AgentConfig, model: LoadedModel | WorkerModel, *, source_check: bool = True) -> None:
+    def __init__(self, cfg: AgentConfig, model: InferenceModel, *, source_check: bool = True) -> None:
         """`source_check`: refuse a model whose input does not take what source.kind delivers
         (off for `check`, which feeds sample files instead of the source)."""
         self.cfg = cfg
@@ -164,7 +165,7 @@ class Pipeline:
             self.decoder = reg.decode
 
     def _image_decoder(
-        self, cfg: AgentConfig, model: LoadedModel | WorkerModel
+        self, cfg: AgentConfig, model: InferenceModel
     ) -> Callable[[list[npt.NDArray[np.float32]]], dict[str, Any]]:
         """Pose and segmentation map model coordinates back through the frame's geometry."""
         if not isinstance(self.pre.transform, ImageTransform) or self.pre.vector:
@@ -206,14 +207,12 @@ class Pipeline:
         try:
             return cls(cfg, model, source_check=source_check)
         except ModelError:
-            if isinstance(model, WorkerModel):
-                model.close()
+            model.close()
             raise
 
     def close(self) -> None:
         """Stop an isolated model's worker process (nothing to do for an inline model)."""
-        if isinstance(self.model, WorkerModel):
-            self.model.close()
+        self.model.close()
         if self._cpu_model is not None:
             self._cpu_model = None
 
@@ -351,7 +350,7 @@ class Pipeline:
             cpu = self._cpu_model
             if cpu.inputs[0].shape != self.model.inputs[0].shape or cpu.inputs[0].dtype != self.model.inputs[0].dtype:
                 return None
-            cpu.set_input(0, self.model.interpreter.get_tensor(self.model.inputs[0].index))
+            cpu.set_input(0, self.model.read_input(0))
             cpu.invoke()
             _, outs = cpu.fetch_outputs()
         except ModelError:

@@ -53,8 +53,8 @@ def test_outputs_equal_inline_bit_for_bit(bundled: Path, name: str) -> None:
             for a, b in zip([*raw_a, *out_a], [*raw_b, *out_b], strict=True):
                 assert a.dtype == b.dtype and a.shape == b.shape
                 assert a.tobytes() == b.tobytes()
-            # the pipeline's diagnosis reads the prepared input back through interpreter.get_tensor
-            got = worker.interpreter.get_tensor(info.index)
+            # the pipeline's diagnosis reads the prepared input back through read_input
+            got = worker.read_input(0)
             assert np.array_equal(got, inline.interpreter.get_tensor(info.index))
 
 

@@ -73,13 +73,13 @@ def format_report(r: ModelReport) -> list[str]:
     if info.custom_ops:
         lines.append("custom ops: " + ", ".join(info.custom_ops))
     lines.append(f"edge tpu ops: {'yes (' + EDGETPU_OP + ')' if info.edgetpu_compiled else 'none'}")
-    lines.extend(_metadata_lines(info))
+    lines.extend(_fmt_metadata(info))
     if r.note:
         lines.append(f"note: {r.note}")
     return lines
 
 
-def _metadata_lines(info: TfliteModelInfo) -> list[str]:
+def _fmt_metadata(info: TfliteModelInfo) -> list[str]:
     md = info.metadata
     if md is None:
         return ["metadata: none"]
@@ -89,11 +89,11 @@ def _metadata_lines(info: TfliteModelInfo) -> list[str]:
     for role, tensors in (("input", md.inputs), ("output", md.outputs)):
         for i, tm in enumerate(tensors):
             lines.append(f"  {role} {i}: {tm.name or '(unnamed)'}")
-            lines.extend(_tensor_metadata_lines(tm, info))
+            lines.extend(_fmt_tensor_metadata(tm, info.associated_files))
     return lines
 
 
-def _tensor_metadata_lines(tm: TensorMetadata, info: TfliteModelInfo) -> list[str]:
+def _fmt_tensor_metadata(tm: TensorMetadata, packed_files: dict[str, bytes]) -> list[str]:
     lines = []
     if tm.normalization_mean is not None or tm.normalization_std is not None:
         lines.append(f"    normalization: mean {_floats(tm.normalization_mean)} std {_floats(tm.normalization_std)}")
@@ -102,7 +102,7 @@ def _tensor_metadata_lines(tm: TensorMetadata, info: TfliteModelInfo) -> list[st
     for af in tm.associated_files:
         if af.name is None:
             continue
-        size = len(info.associated_files.get(af.name, b""))
-        packed = f", packed in the file ({size} bytes)" if af.name in info.associated_files else ""
+        size = len(packed_files.get(af.name, b""))
+        packed = f", packed in the file ({size} bytes)" if af.name in packed_files else ""
         lines.append(f"    associated file: {af.name} ({af.type}{packed})")
     return lines

@@ -123,7 +123,9 @@ def load_edgetpu_delegate(backend: Backend, device: str | None) -> Any:
 
 @dataclass
 class LoadedModel:
-    """An interpreter with its tensors allocated, ready for `invoke()`."""
+    """An interpreter in this process with its tensors allocated, ready for `invoke()`: an
+    `InferenceModel` (runtime.model). `interpreter` is for this process's own runtime code (the
+    inference worker's child, `bench`'s bare loop); the agent's other parts use the protocol."""
 
     file: ModelFile
     backend: Backend
@@ -150,6 +152,11 @@ class LoadedModel:
 
     def set_input(self, i: int, value: npt.NDArray[Any]) -> None:
         self.interpreter.set_tensor(self.inputs[i].index, value)
+
+    def read_input(self, i: int = 0) -> npt.NDArray[Any]:
+        """A copy of input i as it was last fed."""
+        value: npt.NDArray[Any] = self.interpreter.get_tensor(self.inputs[i].index)
+        return value
 
     def invoke(self) -> None:
         try:
@@ -187,6 +194,10 @@ class LoadedModel:
             del view  # invoke() refuses to run while a view is alive
             dequantize(info, raw, out=self._out_buffers[i])
         return self._raw_buffers, self._out_buffers
+
+    def close(self) -> None:
+        """Nothing to release but memory: the interpreter is freed with the last reference to
+        this object, so a model still referenced (an overlap thread finishing) stays usable."""
 
 
 def _default_threads() -> int:

@@ -413,42 +413,8 @@ def _verify_subgraph(
         opcode: int = op.scalar(4, nt.Uint32Flags, 0)
         if opcode >= len(codes):
             raise buf.fail(f"operator {k} refers to operator code {opcode} of {len(codes)}", "index")
-        ends: dict[str, int] = {}
-        for role, slot in (("input", 6), ("output", 8), ("intermediate", 20)):
-            indices = op.numbers(slot, "i", f"operator {k} {role}s") or ()
-            ends[role] = len(indices)
-            for index in indices:
-                if not -1 <= index < count:  # -1: an optional input left out
-                    raise buf.fail(f"operator {k} {role} refers to tensor {index} of {count}", "index")
-        # the graph is in SSA form: a tensor written by two operators (an operators vector whose
-        # entries point at the same table) confuses the arena planner into overlapping buffers
-        for index in op.numbers(8, "i", "operator outputs") or ():
-            if index >= 0 and producer.setdefault(index, k) != k:
-                raise buf.fail(
-                    f"tensor {index} is written by both operator {producer[index]} and operator {k}", "index"
-                )
-        code = codes[opcode]
-        ins, outs = op.numbers(6, "i", "operator inputs") or (), op.numbers(8, "i", "operator outputs") or ()
-        if (
-            code.custom_code is None
-            and code.builtin_code in _SAME_SHAPE_OPS
-            and ins
-            and outs
-            and -1 not in (ins[0], outs[0])
-        ) and math.prod(shapes[ins[0]]) != math.prod(shapes[outs[0]]):
-            raise buf.fail(
-                f"operator {k} ({code.builtin_name}) maps tensor {ins[0]} of shape {list(shapes[ins[0]])} to tensor "
-                f"{outs[0]} of shape {list(shapes[outs[0]])}: an element-wise op keeps the number of elements",
-                "shape",
-            )
-        need = _MIN_INPUTS.get(code.builtin_code, 0) if code.custom_code is None else 0
-        if ends["input"] < need or (code.builtin_code in _MIN_INPUTS and ends["output"] < 1):
-            name = code.builtin_name or f"builtin {code.builtin_code}"
-            raise buf.fail(
-                f"operator {k} ({name}) has {ends['input']} input(s) and {ends['output']} output(s); its kernel reads "
-                f"at least {need} and 1",
-                "arity",
-            )
+        ends = _verify_operator_tensors(buf, k, op, count, producer)
+        _verify_operator_kernel(buf, k, op, code=codes[opcode], shapes=shapes, ends=ends)
         op.vector(14, 1, "custom options")
         if op.scalar(10, nt.Uint8Flags, 0):
             op.table(12, f"operator {k} builtin options")
@@ -457,6 +423,52 @@ def _verify_subgraph(
         if offset > 1:
             buf.check(offset, op.scalar(24, nt.Uint64Flags, 0), f"operator {k} custom options")
     return count
+
+
+def _verify_operator_tensors(buf: _Buffer, k: int, op: _Tab, count: int, producer: dict[int, int]) -> dict[str, int]:
+    """Operator k's tensor indices are in range, and no tensor is written by two operators
+    (`producer`: the writer of each tensor so far). Returns how many tensors each role lists."""
+    ends: dict[str, int] = {}
+    for role, slot in (("input", 6), ("output", 8), ("intermediate", 20)):
+        indices = op.numbers(slot, "i", f"operator {k} {role}s") or ()
+        ends[role] = len(indices)
+        for index in indices:
+            if not -1 <= index < count:  # -1: an optional input left out
+                raise buf.fail(f"operator {k} {role} refers to tensor {index} of {count}", "index")
+    # the graph is in SSA form: a tensor written by two operators (an operators vector whose
+    # entries point at the same table) confuses the arena planner into overlapping buffers
+    for index in op.numbers(8, "i", "operator outputs") or ():
+        if index >= 0 and producer.setdefault(index, k) != k:
+            raise buf.fail(f"tensor {index} is written by both operator {producer[index]} and operator {k}", "index")
+    return ends
+
+
+def _verify_operator_kernel(
+    buf: _Buffer, k: int, op: _Tab, *, code: OperatorCode, shapes: list[tuple[Any, ...]], ends: dict[str, int]
+) -> None:
+    """What operator k's kernel reads without checking: an element-wise op keeps the number of
+    elements, and an op has the inputs and output its kernel indexes."""
+    ins, outs = op.numbers(6, "i", "operator inputs") or (), op.numbers(8, "i", "operator outputs") or ()
+    if (
+        code.custom_code is None
+        and code.builtin_code in _SAME_SHAPE_OPS
+        and ins
+        and outs
+        and -1 not in (ins[0], outs[0])
+    ) and math.prod(shapes[ins[0]]) != math.prod(shapes[outs[0]]):
+        raise buf.fail(
+            f"operator {k} ({code.builtin_name}) maps tensor {ins[0]} of shape {list(shapes[ins[0]])} to tensor "
+            f"{outs[0]} of shape {list(shapes[outs[0]])}: an element-wise op keeps the number of elements",
+            "shape",
+        )
+    need = _MIN_INPUTS.get(code.builtin_code, 0) if code.custom_code is None else 0
+    if ends["input"] < need or (code.builtin_code in _MIN_INPUTS and ends["output"] < 1):
+        name = code.builtin_name or f"builtin {code.builtin_code}"
+        raise buf.fail(
+            f"operator {k} ({name}) has {ends['input']} input(s) and {ends['output']} output(s); its kernel reads "
+            f"at least {need} and 1",
+            "arity",
+        )
 
 
 def _verify_tensor(buf: _Buffer, what: str, tensor: _Tab, spans: list[tuple[int, int]]) -> None:

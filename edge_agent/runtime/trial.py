@@ -162,7 +162,7 @@ def _run_child(data: bytes, *, name: str, interpreter: str, timeout_s: float) ->
     )
 
 
-def _verdict(  # noqa: PLR0911 - one verdict per way the child can end, told apart in this order
+def _verdict(
     name: str, code: int, *, bloated: bool, timed_out: bool, out: bytes, errout: bytes, budget: int, timeout_s: float
 ) -> tuple[ModelError | None, bool]:
     mb = budget >> 20
@@ -178,23 +178,28 @@ def _verdict(  # noqa: PLR0911 - one verdict per way the child can end, told apa
             "hangs on this file (corrupt or hostile); not loading it in the agent",
             reason="loader_hang",
         ), True
+    return _exit_verdict(name, code, out, errout, budget)
+
+
+def _exit_verdict(name: str, code: int, out: bytes, errout: bytes, budget: int) -> tuple[ModelError | None, bool]:
+    """The verdict of a child that ended by itself (neither killed for its memory nor its time)."""
     if code == 0:
         peak = _reported_peak(out)
         if peak > budget:  # a spike between two looks
             return ModelError(
-                f"{name}: a trial load in a child process took {peak >> 20} MB of memory, more than {mb} MB "
+                f"{name}: a trial load in a child process took {peak >> 20} MB of memory, more than {budget >> 20} MB "
                 f"({_BUDGET_WORDS}): the file is corrupt or not a model for this device; not loading it in the agent",
                 reason="too_much_memory",
             ), True
         return None, True
+    if code == -signal.SIGKILL:
+        # killed from outside, most likely by the kernel's OOM killer: not a verdict on the file
+        return ModelError(
+            f"{name}: the trial load of the model in a child process was killed (SIGKILL; out of memory?); "
+            "not loading it in the agent",
+            reason="loader_crash",
+        ), False
     if code < 0:
-        if code == -signal.SIGKILL:
-            # killed from outside, most likely by the kernel's OOM killer: not a verdict on the file
-            return ModelError(
-                f"{name}: the trial load of the model in a child process was killed (SIGKILL; out of memory?); "
-                "not loading it in the agent",
-                reason="loader_crash",
-            ), False
         return ModelError(
             f"{name}: the TFLite runtime crashed ({_signal_name(-code)}) on a trial load in a child process: the file "
             f"is corrupt or hostile; not loading it in the agent{_last_words(errout)}",

@@ -2,7 +2,7 @@
 the agent down (`[model] isolation = "process"`).
 
 libedgetpu can abort() the whole process on a USB error, or hang inside invoke(). `WorkerModel`
-offers the interface the pipeline uses from `LoadedModel`, but the interpreter lives in a child
+is an `InferenceModel` (runtime.model) like `LoadedModel`, but the interpreter lives in a child
 process started with the "spawn" context (the child calls `load_model` itself). Input and output
 tensors are exchanged through `multiprocessing.shared_memory`: the parent's preprocessing writes
 the frame straight into shared memory (no copy on the parent side), the child copies it into its
@@ -50,6 +50,7 @@ from edge_agent.config import ModelConfig
 from edge_agent.errors import ModelError
 from edge_agent.runtime.backends import Backend, select_backend
 from edge_agent.runtime.loader import LoadedModel, ModelFile, load_model
+from edge_agent.runtime.model import InferenceModel
 from edge_agent.runtime.tensors import TensorInfo, dequantize
 
 FAULT_ENV = "EDGE_AGENT_TEST_WORKER_FAULT"
@@ -205,20 +206,6 @@ def _child_invoke(
         del view
 
 
-class _TensorReader:
-    """The part of the interpreter API the pipeline, the guard and `check` use: get_tensor()."""
-
-    def __init__(self, owner: WorkerModel) -> None:
-        self._owner = owner
-
-    def get_tensor(self, index: int) -> npt.NDArray[Any]:
-        o = self._owner
-        for info, arr in (*zip(o.inputs, o._in_arrays, strict=True), *zip(o.outputs, o._raw_buffers, strict=True)):
-            if info.index == index:
-                return arr.copy()
-        raise ValueError(f"tensor {index} is not an input or output of {o.name}")
-
-
 class WorkerModel:
     """A model whose interpreter runs in a child process; see the module docstring."""
 
@@ -256,7 +243,6 @@ class WorkerModel:
         self._loading: tuple[Any, Connection, float] | None = None  # (process, pipe, deadline) of a start under way
         self._restarts: list[float] = []
         self.restarts = 0
-        self.interpreter = _TensorReader(self)
         self.file: ModelFile
         self.delegate = "cpu"
         self.inputs: tuple[TensorInfo, ...] = ()
@@ -265,7 +251,7 @@ class WorkerModel:
         self.notes: tuple[str, ...] = ()
         self._start(first=True)
 
-    # ---- the LoadedModel interface --------------------------------------------------------
+    # ---- the InferenceModel protocol (runtime.model) ---------------------------------------
     @property
     def name(self) -> str:
         return self.file.name
@@ -280,6 +266,10 @@ class WorkerModel:
 
     def set_input(self, i: int, value: npt.NDArray[Any]) -> None:
         np.copyto(self._in_arrays[i], value)
+
+    def read_input(self, i: int = 0) -> npt.NDArray[Any]:
+        """A copy of input i as it was last fed (the shared memory the child reads)."""
+        return self._in_arrays[i].copy()
 
     def raw_output(self, i: int = 0) -> npt.NDArray[Any]:
         return self._raw_buffers[i].copy()
@@ -490,7 +480,7 @@ class WorkerModel:
 
 def open_model(
     cfg: ModelConfig, *, backend: Backend | None = None, backend_factory: BackendFactory | None = None
-) -> LoadedModel | WorkerModel:
+) -> InferenceModel:
     """`load_model`, or a `WorkerModel` when cfg.isolation = "process". `backend_factory` makes
     the interpreter package (tests use it to stand in for a Coral); it must be picklable."""
     if cfg.isolation == "process":

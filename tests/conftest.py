@@ -44,6 +44,9 @@ def _record_process(event: str, args: tuple[object, ...]) -> None:
             _started.append([os.fsdecode(a) if isinstance(a, bytes | os.PathLike) else str(a) for a in argv])
 
 
+TRIAL_MODULE = "edge_agent.runtime.trial"
+
+
 def project_process(argv: list[str]) -> bool:
     """Whether a command line is one of the project's processes: a broker, the agent or its CLI,
     Python running the package's code, or one of the repository's scripts."""
@@ -53,6 +56,10 @@ def project_process(argv: list[str]) -> bool:
     if exe in ("mosquitto", "amqtt", "edge-agent"):
         return True
     if exe.startswith("python") or argv[0] == sys.executable:
+        if TRIAL_MODULE in argv[1:]:
+            # the trial load every model file gets (runtime/trial.py): part of loading a model, like a
+            # library call, about 0.15 s once per file and process, not an agent or a broker
+            return False
         # -m edge_agent ..., -c "import edge_agent...", or a model worker (multiprocessing's spawn_main:
         # only the project's worker is started that way; the resource tracker is not a worker)
         return any("edge_agent" in a or "multiprocessing.spawn" in a for a in argv[1:])

@@ -33,7 +33,8 @@ def _members(proto: type) -> dict[str, object]:
     }
 
 
-@pytest.fixture(params=["inline", "process"])
+# the process isolation starts a model worker: an e2e test (scripts/test --fast leaves it out)
+@pytest.fixture(params=["inline", pytest.param("process", marks=pytest.mark.e2e)])
 def model(request: pytest.FixtureRequest, bundled: Path) -> Iterator[InferenceModel]:
     cfg = ModelConfig.model_validate({"path": str(bundled / MODEL), "interpreter": INTERPRETER})
     m = open_model(cfg.model_copy(update={"isolation": request.param}))

@@ -216,6 +216,7 @@ def test_crashers_found_by_fuzzing_are_refused_statically(
     assert_one_line(str(err.value), model)
 
 
+@pytest.mark.e2e  # starts the CLI or a model worker
 def test_isolated_models_get_the_same_checks(tmp_path: Path) -> None:
     """With isolation = "process" the worker is the contained load (no trial in it), and the static
     checks still refuse the file with the same one line, not an `inference_crash` loop."""
@@ -317,6 +318,7 @@ def cli_sample() -> list[tuple[str, bytes]]:
     return sample
 
 
+@pytest.mark.e2e  # starts the CLI or a model worker
 @pytest.mark.parametrize("command", ["inspect", "check"])
 def test_mutants_through_the_cli(tmp_path: Path, command: str) -> None:
     for i, (tag, data) in enumerate(cli_sample()):
@@ -378,6 +380,7 @@ def test_labels_path_that_is_not_a_file(odd_paths: dict[str, tuple[Path, str]], 
     assert_one_line(str(err.value), kind)
 
 
+@pytest.mark.e2e  # starts the CLI or a model worker
 @pytest.mark.parametrize("kind", ["dev-zero", "fifo", "directory"])
 def test_inspect_a_path_that_is_not_a_file(odd_paths: dict[str, tuple[Path, str]], kind: str) -> None:
     path, what = odd_paths[kind]
@@ -387,6 +390,7 @@ def test_inspect_a_path_that_is_not_a_file(odd_paths: dict[str, tuple[Path, str]
     assert len(lines) == 1 and what in lines[0], lines
 
 
+@pytest.mark.e2e  # starts the CLI or a model worker
 @pytest.mark.parametrize(("key", "kind"), [("path", "dev-zero"), ("labels", "fifo"), ("labels", "dev-zero")])
 def test_check_with_a_path_that_is_not_a_file(
     tmp_path: Path, odd_paths: dict[str, tuple[Path, str]], key: str, kind: str

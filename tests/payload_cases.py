@@ -106,7 +106,11 @@ def cases() -> list[Case]:
                     "task": "classification",
                 },
                 "preprocess": IMAGENET,
-                "postprocess": {"top_k": 2, "activation": "softmax", "include_labels": ["three", "five", "eight", "two"]},
+                "postprocess": {
+                    "top_k": 2,
+                    "activation": "softmax",
+                    "include_labels": ["three", "five", "eight", "two"],
+                },
             },
             images(*digits),
             BUNDLED / "digits_float.tflite",

@@ -317,6 +317,8 @@ class Pipeline:
 
     def _context(self, target: Callable[[], npt.NDArray[Any]]) -> Context:
         """What the diagnosis of a non-finite output needs; built only when one happens."""
+        # any of the pipeline's plans will do (with overlap the last one may be the next frame's):
+        # what the quantization clips is the transform's and the tensor's, at every frame size
         plan = self.pre.plan
         note = None
         info = self.model.inputs[0]

@@ -12,6 +12,7 @@ import numpy.typing as npt
 from edge_agent.config import AgentConfig
 from edge_agent.errors import ModelError, SourceError
 from edge_agent.pipeline import Fault, Inference, Outcome, Pipeline
+from edge_agent.postprocess.results import Classification, Values
 from edge_agent.preprocess import ImagePlan
 from edge_agent.reference import reference_prepare
 from edge_agent.runtime.inspection import _fmt_tensor
@@ -85,11 +86,13 @@ def audit_prepared(pipeline: Pipeline, frame: Frame) -> tuple[list[str], bool]:
 
 def _describe_outcome(o: Outcome) -> tuple[str, bool]:
     if isinstance(o, Inference):
-        if "top" in o.fields:
-            tops = ", ".join(f"{t['label']} {t['score']:.3f}" for t in o.fields["top"])
+        r = o.result
+        if isinstance(r, Classification):
+            tops = ", ".join(f"{t.label} {t.score:.3f}" for t in r.top)
             text = f"top: {tops or '(none above threshold)'}"
         else:
-            text = "values: " + ", ".join(f"{k}={v:.4g}" for k, v in o.fields.get("values", {}).items())
+            values = dict(r.values) if isinstance(r, Values) else {}
+            text = "values: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         if o.imputed:
             text += f" (imputed: {', '.join(o.imputed)})"
         if o.clipped:

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from edge_agent.config import GuardConfig
 from edge_agent.guard import GuardFault
-from edge_agent.preprocess import ImagePlan, VectorPlan
+from edge_agent.preprocess import ImagePlan, Preparation, VectorPlan
 from edge_agent.sources.base import Frame
 
 FROZEN_SAMPLE = 32  # frames are compared on a grid of about 32×32 pixels
@@ -95,13 +95,15 @@ class InputGuard:
         """What the checks of one checked frame cost; the budget sets how often they run."""
         self._check_ms = ms if self._check_ms <= 0 else 0.9 * self._check_ms + 0.1 * ms
 
-    def check_image(self, plan: ImagePlan) -> GuardFault | None:
-        img = plan.last_image
+    def check(self, prep: Preparation) -> GuardFault | None:
+        """The statistics of the frame just prepared (its image at the model's size, or its z-scores)."""
+        if isinstance(prep.plan, VectorPlan):
+            return self.check_vector(prep.plan, prep.z)
+        return self.check_image(prep.plan, prep.image)
+
+    def check_image(self, plan: ImagePlan, img: npt.NDArray[np.uint8] | None) -> GuardFault | None:
         if img is None:
             return None
-        return self._image_fault(plan, img)
-
-    def _image_fault(self, plan: ImagePlan, img: npt.NDArray[np.uint8]) -> GuardFault | None:
         flat = img.reshape(img.shape[0], -1)  # one channel view of all values, for min/max
         pmin, pmax, _, _ = cv2.minMaxLoc(flat)
         means = cv2.mean(img)
@@ -141,8 +143,7 @@ class InputGuard:
                 )
         return None
 
-    def check_vector(self, plan: VectorPlan) -> GuardFault | None:
-        z = plan.last_z
+    def check_vector(self, plan: VectorPlan, z: npt.NDArray[np.float64] | None) -> GuardFault | None:
         if z is None or not plan.features:
             return None
         worst = int(np.argmax(np.abs(z)))

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -20,19 +21,20 @@ from edge_agent.errors import ModelError, PreprocessError
 from edge_agent.guard import Context, GuardFault, OutputFault, OutputGuard, all_finite, check_outputs
 from edge_agent.input_guard import InputGuard
 from edge_agent.postprocess.classification import Classifier
-from edge_agent.postprocess.detection import DetectionDecoder, FrameGeometry
+from edge_agent.postprocess.detection import DetectionDecoder
 from edge_agent.postprocess.labels import labels_mismatch, load_labels
 from edge_agent.postprocess.pose import PoseDecoder
 from edge_agent.postprocess.regression import Regressor
+from edge_agent.postprocess.results import Result
 from edge_agent.postprocess.segmentation import Segmenter
 from edge_agent.preprocess import (
+    FrameGeometry,
     Geometry,
     ImagePlan,
     ImageTransform,
     InputLayout,
     Prepared,
     Preprocessor,
-    VectorPlan,
     compare_transforms,
     transform_from_config,
     transform_from_metadata,
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Inference:
-    fields: dict[str, Any]
+    result: Result  # the task's decoded result; `to_payload()` gives its fields of the result message
     latency_ms: dict[str, float]
     imputed: tuple[str, ...] = ()
     clipped: tuple[str, ...] = ()
@@ -84,16 +86,24 @@ class Notice:
 
 @dataclass(frozen=True)
 class Staged:
-    """A frame preprocessed into `target` and checked, waiting for its invoke."""
+    """A frame preprocessed into `target` and checked, waiting for its invoke.
+
+    Everything its outputs need once they come back travels here, not on the pipeline: with
+    overlap, the next frame is staged (maybe at another size) while this one is inferred."""
 
     frame: Frame
     prepared: Prepared
-    warnings: list[GuardFault]
-    checked: bool
-    target: Callable[[], npt.NDArray[Any]]
+    geometry: FrameGeometry | None  # images: where the model's coordinates land in this frame
+    warnings: tuple[GuardFault, ...]
+    checked: bool  # the input checks ran on this frame
+    input_changed: bool  # checked, and not the same input as the last checked frame
+    target: Callable[[], npt.NDArray[Any]]  # where its input was written: a bad output's diagnosis reads it
     t0: float
     t_staged: float
-    geometry: tuple[Geometry, tuple[int, int]] | None = None
+
+
+# outputs of one frame (and where its model coordinates land) → its result
+Decoder = Callable[[list[npt.NDArray[np.float32]], FrameGeometry | None], Result]
 
 
 SUPPORTED_TASKS = ("classification", "regression", "raw", "detection", "pose", "segmentation")
@@ -102,6 +112,18 @@ IMAGE_SOURCES = ("images", "opencv", "picamera2", "synthetic")
 
 def _ms(a: float, b: float) -> float:
     return round((b - a) * 1000.0, 3)
+
+
+def _in_frame(where: FrameGeometry | None) -> FrameGeometry:
+    """The geometry an image task's decoder maps through (its frames are images: checked when built)."""
+    assert where is not None, "an image task's frame staged without its geometry"
+    return where
+
+
+def _mapping(where: FrameGeometry | None) -> tuple[Geometry, tuple[int, int]]:
+    """A frame's geometry and size (width, height), as pose and segmentation take them."""
+    frame = _in_frame(where)
+    return frame.geometry, (frame.width, frame.height)
 
 
 class Pipeline:
@@ -134,9 +156,7 @@ class Pipeline:
                 reason="inputs",
             )
         self._tensor_fn = model.input_view(0)
-        self._diagnosed_input: Callable[[], npt.NDArray[Any]] = self._tensor_fn
-        self._staged_geometry: tuple[Geometry, tuple[int, int]] | None = None
-        self.decoder: Callable[[list[npt.NDArray[np.float32]]], dict[str, Any]]
+        self.decoder: Decoder
         self.classifier: Classifier | None = None
         self._cpu_model: LoadedModel | None = None
         self.output_guard = OutputGuard(
@@ -148,12 +168,13 @@ class Pipeline:
         if self.task == "classification":
             self.classifier = Classifier(cfg.postprocess, self._labels())
             self._check_labels(self.classifier.labels, int(np.prod(model.outputs[0].shape)) if model.outputs else 0)
-            self.decoder = lambda outs: self.classifier.decode(outs[0]) if self.classifier else {}
+            classifier = self.classifier
+            self.decoder = lambda outs, _: classifier.decode(outs[0])
         elif self.task in ("pose", "segmentation"):
             self.decoder = self._image_decoder(cfg, model)
         elif self.task == "detection":
-            self.detector = self._detector()
-            self.decoder = self._detect
+            detector = self.detector = self._detector()
+            self.decoder = lambda outs, where: detector.decode(outs, _in_frame(where))
         else:
             reg = Regressor(cfg.postprocess, tuple(o.name for o in model.outputs))
             total = sum(int(np.prod(o.shape)) for o in model.outputs)
@@ -162,11 +183,9 @@ class Pipeline:
                     f"postprocess.value_names: {len(cfg.postprocess.value_names)} names, but the model outputs {total} values",
                     reason="outputs",
                 )
-            self.decoder = reg.decode
+            self.decoder = lambda outs, _: reg.decode(outs)
 
-    def _image_decoder(
-        self, cfg: AgentConfig, model: InferenceModel
-    ) -> Callable[[list[npt.NDArray[np.float32]]], dict[str, Any]]:
+    def _image_decoder(self, cfg: AgentConfig, model: InferenceModel) -> Decoder:
         """Pose and segmentation map model coordinates back through the frame's geometry."""
         if not isinstance(self.pre.transform, ImageTransform) or self.pre.vector:
             raise ModelError(f"model.task = {self.task!r} needs an image input", reason="inputs")
@@ -177,21 +196,10 @@ class Pipeline:
         shape, hw = tuple(model.outputs[0].shape), (lay.height, lay.width)
         if self.task == "pose":
             pose = PoseDecoder(cfg.postprocess, shape, hw)
-            return lambda outs: pose.decode(outs[0], *self._decode_geometry())
+            return lambda outs, where: pose.decode(outs[0], *_mapping(where))
         seg = self.segmenter = Segmenter(cfg.postprocess, self._labels(), shape, hw)
         self._check_labels(seg.labels, seg.channels)
-        return lambda outs: seg.decode(outs[0], *self._decode_geometry())
-
-    def _decode_geometry(self) -> tuple[Geometry, tuple[int, int]]:
-        """The geometry of the frame whose outputs are decoded (staged with it: with overlap, the
-        plan may already hold the next frame's)."""
-        return self._staged_geometry if self._staged_geometry is not None else self._geometry()
-
-    def _geometry(self) -> tuple[Geometry, tuple[int, int]]:
-        """The last frame's geometry and size (width, height)."""
-        plan = self.pre.plan
-        assert isinstance(plan, ImagePlan)
-        return plan.geometry, (plan.frame_shape[1], plan.frame_shape[0])
+        return lambda outs, where: seg.decode(outs[0], *_mapping(where))
 
     @classmethod
     def load(
@@ -250,17 +258,7 @@ class Pipeline:
         log.info("%s: %s", self.model.name, det.describe())
         if det.layout.classes:  # YOLO says its class count by its shape (SSD's op does not)
             self._check_labels(det.labels, det.layout.classes)
-        self._det_frame: tuple[Geometry | None, FrameGeometry | None] = (None, None)
         return det
-
-    def _detect(self, outs: list[npt.NDArray[np.float32]]) -> dict[str, Any]:
-        # the geometry of the frame these outputs belong to (with overlap, the plan may hold the next one's)
-        geometry, (w, h) = self._decode_geometry()
-        cached, where = self._det_frame
-        if cached is not geometry or where is None:  # once per frame size, not per frame
-            where = FrameGeometry(geometry, w, h)
-            self._det_frame = (geometry, where)
-        return self.detector.decode(outs, where)
 
     def _labels(self) -> dict[int, str]:
         if self.cfg.model.labels:
@@ -297,9 +295,9 @@ class Pipeline:
         plan = self.pre.plan
         return plan.describe() if plan is not None else ["image plan: compiled for the first frame's size"]
 
-    def _prepared_input(self) -> npt.NDArray[Any]:
-        # the input of the frame being diagnosed: its staging buffer (the tensor may hold the next one)
-        raw = np.array(self._diagnosed_input())
+    def _prepared_input(self, target: Callable[[], npt.NDArray[Any]]) -> npt.NDArray[Any]:
+        # the input of the frame being diagnosed, where it was staged (the tensor may hold the next one)
+        raw = np.array(target())
         info = self.model.inputs[0]
         if info.is_integer and info.quantized:
             return (raw.astype(np.float64) - info.zero_point) * info.scale
@@ -316,8 +314,10 @@ class Pipeline:
             return (min(ends), max(ends)), "the model's metadata"
         return None, ""
 
-    def _context(self) -> Context:
+    def _context(self, target: Callable[[], npt.NDArray[Any]]) -> Context:
         """What the diagnosis of a non-finite output needs; built only when one happens."""
+        # any of the pipeline's plans will do (with overlap the last one may be the next frame's):
+        # what the quantization clips is the transform's and the tensor's, at every frame size
         plan = self.pre.plan
         note = None
         info = self.model.inputs[0]
@@ -333,13 +333,14 @@ class Pipeline:
             range_origin=self.input_guard.range_origin,
             quantization_note=note,
             delegate=self.model.delegate,
-            cpu_recheck=self._cpu_recheck(),
+            cpu_recheck=self._cpu_recheck(target),
             input_kind="image" if not self.pre.vector else "audio" if self.cfg.source.kind == "wav" else "sensor",
             audio_full_scale=SCALES[self.cfg.source.wav_scale],
         )
 
-    def _cpu_recheck(self) -> str | None:
-        """Re-run the failing input on a CPU interpreter when the model ran on a delegate."""
+    def _cpu_recheck(self, target: Callable[[], npt.NDArray[Any]]) -> str | None:
+        """Re-run the failing input (its frame's, from where it was staged) on a CPU interpreter
+        when the model ran on a delegate."""
         if self.model.delegate == "cpu":
             return None
         try:
@@ -350,7 +351,7 @@ class Pipeline:
             cpu = self._cpu_model
             if cpu.inputs[0].shape != self.model.inputs[0].shape or cpu.inputs[0].dtype != self.model.inputs[0].dtype:
                 return None
-            cpu.set_input(0, self.model.read_input(0))
+            cpu.set_input(0, np.array(target()))  # a copy: no view of the staged memory outlives this
             cpu.invoke()
             _, outs = cpu.fetch_outputs()
         except ModelError:
@@ -367,17 +368,14 @@ class Pipeline:
         """One frame through preprocess → input checks → invoke → output checks → decode.
 
         `stateful=False` (the self-test) leaves the frozen/stuck/sampling state untouched."""
-        try:
-            staged = self.stage(frame, self._tensor_fn, stateful=stateful)
-            if not isinstance(staged, Staged):
-                return staged
-            t1 = time.monotonic()
-            self.model.invoke()  # ModelError propagates: the agent decides what a failing model means
-            t2 = time.monotonic()
-            raws, outs = self.model.fetch_outputs()
-            return self.finish(staged, t1, t2, raws, outs)
-        finally:
-            self.pre.forget_frame()  # the frame's buffer goes back to its source after this
+        staged = self.stage(frame, self._tensor_fn, stateful=stateful)
+        if not isinstance(staged, Staged):
+            return staged
+        t1 = time.monotonic()
+        self.model.invoke()  # ModelError propagates: the agent decides what a failing model means
+        t2 = time.monotonic()
+        raws, outs = self.model.fetch_outputs()
+        return self.finish(staged, t1, t2, raws, outs)
 
     def stage(self, frame: Frame, target: Callable[[], npt.NDArray[Any]], *, stateful: bool = True) -> Staged | Outcome:
         """Preprocess into `target` (the input tensor, or a staging buffer copied into it later)
@@ -395,22 +393,33 @@ class Pipeline:
             if frozen is not None:
                 warnings.append(frozen)
         try:
-            prepared = self.pre.run(frame, target)
+            prep = self.pre.run(frame, target)
         except PreprocessError as err:
             return Skipped("source_error", f"{frame.source}: {err}", {"source": frame.source})
-        if prepared is None:
+        if prep is None:
             return self._skipped_row(frame)
-        plan = self.pre.plan
         if checked and guard.check_inputs:
             c0 = time.perf_counter()
-            fault = ig.check_vector(plan) if isinstance(plan, VectorPlan) else ig.check_image(plan)  # type: ignore[arg-type]
+            fault = ig.check(prep)  # reads the views `prep` holds: before anything else is prepared
             ig.note_check((check_s + time.perf_counter() - c0) * 1000.0)
             if fault is not None:
                 if fault.blocking:
                     return Fault(fault, self._latency([t0, time.monotonic()]))
                 warnings.append(fault)
-        geometry = self._geometry() if isinstance(plan, ImagePlan) else None
-        return Staged(frame, prepared, warnings, checked, target, t0, time.monotonic(), geometry)
+        # `prep` (and the views of buffers the next frame overwrites) ends here; what the
+        # outputs need travels on in the Staged value
+        return Staged(
+            frame,
+            prep.prepared,
+            prep.geometry,
+            tuple(warnings),
+            checked,
+            # the stuck-output check needs this frame's answer, not the one of the frame staged next
+            checked and ig.input_changed,
+            target,
+            t0,
+            time.monotonic(),
+        )
 
     def finish(
         self,
@@ -424,28 +433,27 @@ class Pipeline:
         guard, ig = self.cfg.guard, self.input_guard
         warnings = list(staged.warnings)
         ig.note_invoke((t2 - t1) * 1000.0)
-        self._diagnosed_input = staged.target
         tf = time.monotonic()  # with overlap, later than t2: the loop took the outputs when it could
         if guard.check_outputs:
-            fault = self._check_outputs(raws, outs, checked=staged.checked, input_changed=ig.input_changed)
+            fault = self._check_outputs(raws, outs, staged)
             if fault is not None:
                 if fault.blocking:
                     return Fault(fault, self._stage_latency(staged, t1, t2, tf, time.monotonic()))
                 warnings.append(fault)
         t3 = time.monotonic()
+        result: Result
         if self.classifier is not None:
             probs = self.classifier.activate(outs[0])
             lo, hi = float(probs.min()), float(probs.max())
             if guard.check_outputs and (lo < -1e-6 or hi > 1.0 + 1e-6):
                 lat = self._stage_latency(staged, t1, t2, tf, t3, time.monotonic())
                 return Fault(self._scores_fault(lo, hi), lat)
-            fields = self.classifier.decode_probs(probs)
+            result = self.classifier.decode_probs(probs)
         else:
-            self._staged_geometry = staged.geometry
-            fields = self.decoder(outs)
+            result = self.decoder(outs, staged.geometry)
         t4 = time.monotonic()
         return Inference(
-            fields,
+            result,
             self._stage_latency(staged, t1, t2, tf, t3, t4),
             staged.prepared.imputed,
             staged.prepared.clipped,
@@ -463,18 +471,18 @@ class Pipeline:
         return lat
 
     def _check_outputs(
-        self, raws: list[npt.NDArray[Any]], outs: list[npt.NDArray[np.float32]], *, checked: bool, input_changed: bool
+        self, raws: list[npt.NDArray[Any]], outs: list[npt.NDArray[np.float32]], staged: Staged
     ) -> GuardFault | None:
         if not self.output_guard.finite(outs):
             return check_outputs(
                 list(zip(self.model.outputs, outs, strict=True)),
                 input_info=self.model.inputs[0],
-                lazy_input=self._prepared_input,
-                context=self._context,
+                lazy_input=partial(self._prepared_input, staged.target),
+                context=partial(self._context, staged.target),
             )
         fault = self.output_guard.saturated(raws)
-        if fault is None and checked:
-            fault = self.output_guard.stuck(outs, input_changed=input_changed)
+        if fault is None and staged.checked:
+            fault = self.output_guard.stuck(outs, input_changed=staged.input_changed)
         return fault
 
     def _scores_fault(self, lo: float, hi: float) -> GuardFault:

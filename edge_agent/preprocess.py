@@ -77,6 +77,16 @@ class Geometry:
         return (x - self.offset_x) / self.scale_x + self.crop_x, (y - self.offset_y) / self.scale_y + self.crop_y
 
 
+@dataclass(frozen=True)
+class FrameGeometry:
+    """Where a frame's model-input coordinates land: the plan's geometry and the frame size.
+    One per plan (built with it), so handing it to each frame allocates nothing."""
+
+    geometry: Geometry
+    width: int
+    height: int
+
+
 def transform_from_config(cfg: PreprocessConfig) -> ImageTransform:
     return ImageTransform(cfg.resize, cfg.interpolation, cfg.color, cfg.scale, cfg.mean, cfg.std, cfg.pad_value)
 
@@ -178,6 +188,22 @@ class Prepared:
     clipped: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, eq=False)
+class Preparation:
+    """One frame prepared into the tensor, as preprocessing returns it.
+
+    `prepared` and `geometry` belong to the frame and travel on with it (to its result and its
+    decoder: with overlap, the next frame is prepared before this one is decoded). `image` and
+    `z` are what the input checks read right after: views of the plan's buffers (or of the
+    frame's own pixels) that the plan's next frame overwrites, so they go no further."""
+
+    plan: ImagePlan | VectorPlan
+    prepared: Prepared
+    geometry: FrameGeometry | None = None  # images: where model-input coordinates land in the frame
+    image: npt.NDArray[np.uint8] | None = None  # images: the frame at the model's size, uint8
+    z: npt.NDArray[np.float64] | None = None  # sensor rows with features: their z-scores
+
+
 @dataclass(frozen=True)
 class InputLayout:
     height: int
@@ -254,13 +280,12 @@ class ImagePlan:
         self.interpolation = INTERPOLATION[transform.interpolation]
         self.tables = build_tables(transform, info, lay.channels)
         self.identity_steps = table_identity_steps(self.tables)
-        self.last_image: npt.NDArray[np.uint8] | None = None
-        self.last_order = "bgr"
         # how the input's quantization bounds the transform: pixel values whose prepared value
         # the integer tensor cannot hold (clipped to its dtype's limits), per channel at most
         self.prepared_range, self.clipped_values = _clipping(transform, info, lay.channels)
         self.crop: tuple[int, int, int, int] = (0, 0, fw, fh)
         self.geometry = self._geometry(fh, fw)
+        self.frame_geometry = FrameGeometry(self.geometry, fw, fh)
         fc = () if self.frame_channels == 1 else (3,)
         # a frame already at the model's size (an ISP that resized it) is used as it is
         self.direct = (fh, fw) == (lay.height, lay.width) and self.crop == (0, 0, fw, fh)
@@ -479,12 +504,12 @@ class ImagePlan:
                 # mode="clip" keeps np.take from buffering `out` (uint8 indices are in range)
                 np.take(self.tables[:, c], plane, out=target, mode="clip")
 
-    def run(self, pixels: npt.NDArray[np.uint8], order: str, tensor: npt.NDArray[Any]) -> None:
+    def run(self, pixels: npt.NDArray[np.uint8], order: str, tensor: npt.NDArray[Any]) -> Preparation:
         """Write one frame (H×W×3 uint8 in `order`, or H×W gray) into the tensor view (batch of 1)."""
         img = self.resize(pixels)
-        self.last_image = img  # for the input guard's statistics (no copy: the resize buffer or the frame)
-        self.last_order = order
         self._fused(img, order, tensor[0] if tensor.ndim == 4 else tensor)
+        # the image for the input guard's statistics: no copy (the resize buffer or the frame)
+        return Preparation(self, NOTHING, self.frame_geometry, image=img)
 
 
 def _color_code(order: str, want: str) -> int | None:
@@ -520,11 +545,11 @@ class VectorPlan:
         self.mean = np.array([f.mean for f in features] or [0.0] * size, dtype=np.float64)
         self.std = np.array([f.std for f in features] or [1.0] * size, dtype=np.float64)
         self._work = np.empty(size, dtype=np.float64)
-        self.last_z: npt.NDArray[np.float64] | None = None
         self.skip_missing = skip_missing
         # raw samples (an audio window of 144 000 values, no features): one converting copy
         # into a float tensor, with no per-frame allocation
         self.raw = not features and not info.is_integer
+        self._raw = Preparation(self, NOTHING)  # a raw window's: the same every frame
         self._bounds = [
             (i, -math.inf if f.min is None else f.min, math.inf if f.max is None else f.max)
             for i, f in enumerate(features)
@@ -578,7 +603,7 @@ class VectorPlan:
                 clipped.append(self.names[i])
         return clipped
 
-    def run(self, values: npt.NDArray[np.float64], tensor: npt.NDArray[Any]) -> Prepared | None:
+    def run(self, values: npt.NDArray[np.float64], tensor: npt.NDArray[Any]) -> Preparation | None:
         """Write one row into the tensor; None when the row is skipped."""
         if values.shape != (self.size,):
             raise PreprocessError(f"row has {values.size} values, the model takes {self.size}")
@@ -586,8 +611,7 @@ class VectorPlan:
         # then takes the general path); np.sum makes no temporary array, np.isnan would
         if self.raw and math.isfinite(float(np.sum(values))):
             np.copyto(tensor.reshape(-1), values, casting="same_kind")
-            self.last_z = None  # only features have z-scores; and `values` may be a lent buffer
-            return NOTHING
+            return self._raw  # only features have z-scores (and `values` may be a lent buffer)
         imputed = self.impute(values)
         if imputed is None:
             return None
@@ -595,9 +619,9 @@ class VectorPlan:
         clipped = self.clip(work)
         np.subtract(work, self.mean, out=work)
         np.divide(work, self.std, out=work)  # `work` now holds the z-scores the input guard reads
-        self.last_z = work
         tensor.reshape(-1)[:] = quantize_values(work, self.info)
-        return Prepared(tuple(filled), tuple(clipped))
+        prepared = Prepared(tuple(filled), tuple(clipped)) if filled or clipped else NOTHING
+        return Preparation(self, prepared, z=work)
 
 
 Plan = ImagePlan | VectorPlan
@@ -634,13 +658,6 @@ class Preprocessor:
         """The plan used last (the vector plan from the start)."""
         return self._last
 
-    def forget_frame(self) -> None:
-        """Drop the plan's reference to the last frame's pixels. Sources lend their buffers until
-        release(): a view kept past it pins a camera buffer (picamera2 cannot unmap it on close,
-        and its allocator then leaks every dmabuf of that configuration)."""
-        if isinstance(self._last, ImagePlan):
-            self._last.last_image = None
-
     def plan_for(self, frame: Frame) -> Plan:
         if self._vector is not None:
             if frame.values is None:
@@ -660,8 +677,13 @@ class Preprocessor:
         self._last = plan
         return plan
 
-    def run(self, frame: Frame, tensor_fn: Callable[[], npt.NDArray[Any]]) -> Prepared | None:
-        """Prepare `frame` into the tensor; None when a sensor row is skipped."""
+    def run(self, frame: Frame, tensor_fn: Callable[[], npt.NDArray[Any]]) -> Preparation | None:
+        """Prepare `frame` into the tensor; None when a sensor row is skipped.
+
+        The plans keep no view of the frame: sources lend their buffers until release(), and a
+        view kept past it pins a camera buffer (picamera2 cannot unmap it on close, and its
+        allocator then leaks every dmabuf of that configuration). The returned `image` may be
+        such a view: it lives as long as the caller keeps it, and no longer."""
         plan = self.plan_for(frame)
         tensor = tensor_fn()
         try:
@@ -669,8 +691,7 @@ class Preprocessor:
                 assert frame.values is not None
                 return plan.run(frame.values, tensor)
             assert frame.pixels is not None
-            plan.run(frame.pixels, frame.order, tensor)
-            return NOTHING
+            return plan.run(frame.pixels, frame.order, tensor)
         finally:
             # the view must not outlive this call: invoke() refuses to run while it exists
             del tensor

@@ -24,6 +24,7 @@ from edge_agent.core.watchdog import Watchdog
 from edge_agent.errors import ModelError
 from edge_agent.escalation import Escalation
 from edge_agent.pipeline import Inference
+from edge_agent.postprocess.results import Classification
 from edge_agent.service import Notifier
 from edge_agent.sources.base import Frame
 
@@ -146,7 +147,7 @@ class FakePipeline:
         self.closed += 1
 
 
-OK = Inference({"top": []}, {"total": 1.0})
+OK = Inference(Classification(()), {"total": 1.0})
 
 
 class Harness:

@@ -87,7 +87,7 @@ def decoder(
 def run_ssd(
     dec: DetectionDecoder, t: dict[str, np.ndarray], order: str = "bcsn", frame: FrameGeometry | None = None
 ) -> list[dict[str, Any]]:
-    objects: list[dict[str, Any]] = dec.decode([t[k] for k in order], frame or identity_frame())["objects"]
+    objects: list[dict[str, Any]] = dec.decode([t[k] for k in order], frame or identity_frame()).to_payload()["objects"]
     return objects
 
 
@@ -258,12 +258,12 @@ def test_yolo_v8_channels_first_and_last() -> None:
     rows = yolo_rows([(30, 40, 20, 10, 3, 0.9)])
     first = DetectionDecoder(PostprocessConfig(threshold=0.5), LABELS, [info("o", (1, 14, 20))], (96, 96))
     assert first.layout.kind == "yolo_v8" and first.layout.transposed
-    got = first.decode([rows.T[None]], identity_frame())["objects"]
+    got = first.decode([rows.T[None]], identity_frame()).to_payload()["objects"]
     assert got == [{"label": "three", "index": 3, "score": 0.9, "box": [20.0, 35.0, 40.0, 45.0]}]
     # [1, A, 4 + C]: v8 and not v5 because 4 + C fits the 10 labels (and 5 + C does not)
     last = DetectionDecoder(PostprocessConfig(threshold=0.5), LABELS, [info("o", (1, 20, 14))], (96, 96))
     assert last.layout.kind == "yolo_v8" and not last.layout.transposed
-    assert last.decode([rows[None]], identity_frame())["objects"] == got
+    assert last.decode([rows[None]], identity_frame()).to_payload()["objects"] == got
 
 
 def test_yolo_v5_objectness_multiplies_the_class_score() -> None:
@@ -271,7 +271,7 @@ def test_yolo_v5_objectness_multiplies_the_class_score() -> None:
     rows[1, 4] = 0.4  # objectness 0.4 × class 0.9 = 0.36 < 0.5
     dec = DetectionDecoder(PostprocessConfig(threshold=0.5), LABELS, [info("o", (1, 20, 15))], (96, 96))
     assert dec.layout.kind == "yolo_v5"
-    got = dec.decode([rows[None]], identity_frame())["objects"]
+    got = dec.decode([rows[None]], identity_frame()).to_payload()["objects"]
     assert [(o["label"], o["score"]) for o in got] == [("three", 0.9)]
     forced = DetectionDecoder(PostprocessConfig(detection_layout="yolo_v8"), LABELS, [info("o", (1, 20, 15))], (96, 96))
     assert forced.layout.kind == "yolo_v8" and forced.layout.classes == 11
@@ -282,7 +282,7 @@ def test_yolo_normalized_boxes_and_logit_scores() -> None:
     rows[1:, -10:] = -6.0
     cfg = PostprocessConfig(threshold=0.5, activation="sigmoid")
     dec = DetectionDecoder(cfg, LABELS, [info("o", (1, 20, 14))], (96, 96))
-    (obj,) = dec.decode([rows[None]], identity_frame())["objects"]
+    (obj,) = dec.decode([rows[None]], identity_frame()).to_payload()["objects"]
     assert obj["label"] == "seven" and obj["score"] == pytest.approx(0.952574, abs=1e-6)
     assert obj["box"] == [24.0, 12.0, 72.0, 36.0]
     pixels = DetectionDecoder(
@@ -291,7 +291,7 @@ def test_yolo_normalized_boxes_and_logit_scores() -> None:
         [info("o", (1, 20, 14))],
         (96, 96),
     )
-    assert pixels.decode([rows[None]], identity_frame())["objects"][0]["box"] == [0.25, 0.12, 0.75, 0.38]
+    assert pixels.decode([rows[None]], identity_frame()).to_payload()["objects"][0]["box"] == [0.25, 0.12, 0.75, 0.38]
 
 
 def test_nms_merges_overlaps_and_keeps_distinct_boxes() -> None:
@@ -303,15 +303,15 @@ def test_nms_merges_overlaps_and_keeps_distinct_boxes() -> None:
     ]
     rows = yolo_rows(objs)
     per_class = DetectionDecoder(PostprocessConfig(threshold=0.5), LABELS, [info("o", (1, 20, 14))], (96, 96))
-    got = per_class.decode([rows[None]], identity_frame())["objects"]
+    got = per_class.decode([rows[None]], identity_frame()).to_payload()["objects"]
     assert [(o["label"], o["score"]) for o in got] == [("one", 0.9), ("two", 0.7), ("one", 0.6)]
     agnostic = DetectionDecoder(
         PostprocessConfig(threshold=0.5, nms_per_class=False), LABELS, [info("o", (1, 20, 14))], (96, 96)
     )
-    got = agnostic.decode([rows[None]], identity_frame())["objects"]
+    got = agnostic.decode([rows[None]], identity_frame()).to_payload()["objects"]
     assert [(o["label"], o["score"]) for o in got] == [("one", 0.9), ("one", 0.6)]
     loose = DetectionDecoder(PostprocessConfig(threshold=0.5, nms_iou=0.95), LABELS, [info("o", (1, 20, 14))], (96, 96))
-    assert len(loose.decode([rows[None]], identity_frame())["objects"]) == 4
+    assert len(loose.decode([rows[None]], identity_frame()).to_payload()["objects"]) == 4
 
 
 def test_nms_function_against_a_plain_greedy_loop() -> None:
@@ -341,7 +341,7 @@ def test_quantized_yolo_output() -> None:
     q = info("o", (1, 14, 20), scale=0.5, zp=-100, dtype=np.int8)
     raw = np.clip(np.rint(rows.T[None] / q.scale) + q.zero_point, -128, 127).astype(np.int8)
     dec = DetectionDecoder(PostprocessConfig(threshold=0.3), LABELS, [q], (96, 96))
-    (obj,) = dec.decode([dequantize(q, raw)], identity_frame())["objects"]
+    (obj,) = dec.decode([dequantize(q, raw)], identity_frame()).to_payload()["objects"]
     assert obj["label"] == "three" and obj["score"] == 1.0  # 0.9 quantized with scale 0.5
     assert obj["box"] == [20.0, 35.0, 40.0, 45.0]
 
@@ -410,10 +410,10 @@ def test_bundled_detector_through_the_pipeline(model: str, layout: str) -> None:
             bgr = cv2.imread(str(CANVASES / name), cv2.IMREAD_COLOR)
             out = p.process(Frame(i, time.time(), time.monotonic(), name, pixels=bgr, order="bgr"))
             assert isinstance(out, Inference), out
-            for o in out.fields["objects"]:
+            for o in out.result.to_payload()["objects"]:
                 x1, y1, x2, y2 = o["box"]
                 assert 0 <= x1 < x2 <= 160 and 0 <= y1 < y2 <= 120, o
-            predicted[name] = [(o["index"], o["score"], o["box"]) for o in out.fields["objects"]]
+            predicted[name] = [(o["index"], o["score"], o["box"]) for o in out.result.to_payload()["objects"]]
         m, _ = detection_models.mean_average_precision({k: gt[k] for k in names}, predicted)
         assert m >= 0.85, m
     finally:
@@ -454,8 +454,8 @@ def test_coral_ssd_real_outputs(coral: Path) -> None:
         out = p.process(Frame(0, time.time(), time.monotonic(), "grace_hopper.bmp", pixels=bgr, order="bgr"))
         assert isinstance(out, Inference), out
         h, w = bgr.shape[:2]
-        people = [o for o in out.fields["objects"] if o["index"] == 0]  # COCO class 0: person
-        assert people, out.fields
+        people = [o for o in out.result.to_payload()["objects"] if o["index"] == 0]  # COCO class 0: person
+        assert people, out.result.to_payload()
         x1, y1, x2, y2 = people[0]["box"]
         assert (x2 - x1) * (y2 - y1) > 0.2 * w * h  # she fills much of the picture
     finally:

@@ -66,7 +66,7 @@ def letterbox_geometry(fw: int, fh: int, side: int = 192) -> Geometry:
 # ---- constructed outputs ------------------------------------------------------------------------
 def test_names_order_and_stretch_mapping() -> None:
     out = single([(0.5, 0.25, 0.9)] * 17)
-    r = decoder().decode(out, STRETCH, (500, 610))
+    r = decoder().decode(out, STRETCH, (500, 610)).to_payload()
     assert [k["name"] for k in r["keypoints"]] == list(KEYPOINT_NAMES)
     k = r["keypoints"][0]
     assert (k["x"], k["y"]) == (125.0, 305.0)  # normalized × frame size under a stretch
@@ -76,7 +76,7 @@ def test_names_order_and_stretch_mapping() -> None:
 
 def test_all_low_scores_are_listed_but_not_visible() -> None:
     out = single([(0.5, 0.5, 0.05)] * 17)
-    r = decoder(keypoint_threshold=0.2).decode(out, STRETCH, (500, 610))
+    r = decoder(keypoint_threshold=0.2).decode(out, STRETCH, (500, 610)).to_payload()
     assert len(r["keypoints"]) == 17
     assert not any(k["visible"] for k in r["keypoints"])
     assert r["pose_score"] == pytest.approx(0.05)
@@ -84,7 +84,9 @@ def test_all_low_scores_are_listed_but_not_visible() -> None:
 
 def test_threshold_is_inclusive() -> None:
     out = single([(0.5, 0.5, 0.5)] * 17)
-    assert all(k["visible"] for k in decoder(keypoint_threshold=0.5).decode(out, STRETCH, (500, 610))["keypoints"])
+    assert all(
+        k["visible"] for k in decoder(keypoint_threshold=0.5).decode(out, STRETCH, (500, 610)).to_payload()["keypoints"]
+    )
 
 
 def test_letterbox_is_undone_and_points_in_the_padding_are_clipped_and_flagged() -> None:
@@ -96,7 +98,7 @@ def test_letterbox_is_undone_and_points_in_the_padding_are_clipped_and_flagged()
     pts[1] = (10 / 192, 0.5, 0.9)  # in the top padding
     pts[2] = (185 / 192, 0.75, 0.9)  # in the bottom padding
     pts[3] = (0.5, 1.2, 0.9)  # past the right edge (models do extrapolate)
-    kp = decoder().decode(single(pts), g, (400, 200))["keypoints"]
+    kp = decoder().decode(single(pts), g, (400, 200)).to_payload()["keypoints"]
     assert (kp[0]["x"], kp[0]["y"], kp[0]["visible"]) == (0.0, 0.0, True)
     assert (kp[16]["x"], kp[16]["y"]) == (200.0, 100.0)  # the centre maps to the centre
     assert (kp[1]["x"], kp[1]["y"], kp[1]["visible"]) == (200.0, 0.0, False)
@@ -108,9 +110,9 @@ def test_letterbox_is_undone_and_points_in_the_padding_are_clipped_and_flagged()
 def test_center_crop_maps_into_the_cropped_window() -> None:
     """A 400×200 frame center-cropped to 200×200 (x 100..300) and scaled ×0.96 to 192."""
     g = Geometry(192 / 200, 192 / 200, 0.0, 0.0, 100, 0)
-    kp = decoder().decode(single([(0.0, 0.0, 0.9)] * 17), g, (400, 200))["keypoints"]
+    kp = decoder().decode(single([(0.0, 0.0, 0.9)] * 17), g, (400, 200)).to_payload()["keypoints"]
     assert (kp[0]["x"], kp[0]["y"]) == (100.0, 0.0)
-    kp = decoder().decode(single([(1.0, 1.0, 0.9)] * 17), g, (400, 200))["keypoints"]
+    kp = decoder().decode(single([(1.0, 1.0, 0.9)] * 17), g, (400, 200)).to_payload()["keypoints"]
     assert (kp[0]["x"], kp[0]["y"]) == (300.0, 200.0)
 
 
@@ -120,7 +122,7 @@ def test_multipose_layout_orders_filters_and_maps_boxes() -> None:
         rows[0, i, :51] = np.tile([0.5, 0.5, 0.7], 17)
         rows[0, i, 51:55] = (0.1, 0.2, 0.9, 0.6)  # ymin, xmin, ymax, xmax
         rows[0, i, 55] = score
-    r = decoder((1, 6, MULTI_ROW), pose_threshold=0.3).decode(rows, STRETCH, (500, 610))
+    r = decoder((1, 6, MULTI_ROW), pose_threshold=0.3).decode(rows, STRETCH, (500, 610)).to_payload()
     assert [p["score"] for p in r["poses"]] == pytest.approx([0.8, 0.5])
     assert r["pose_score"] == pytest.approx(0.8)
     assert r["keypoints"] == r["poses"][0]["keypoints"]
@@ -129,7 +131,7 @@ def test_multipose_layout_orders_filters_and_maps_boxes() -> None:
 
 def test_multipose_nobody_gives_no_keypoints() -> None:
     rows = np.zeros((1, 6, MULTI_ROW), dtype=np.float32)
-    r = decoder((1, 6, MULTI_ROW), pose_threshold=0.3).decode(rows, STRETCH, (500, 610))
+    r = decoder((1, 6, MULTI_ROW), pose_threshold=0.3).decode(rows, STRETCH, (500, 610)).to_payload()
     assert r["keypoints"] == [] and r["poses"] == [] and r["pose_score"] == 0.0
 
 
@@ -194,7 +196,7 @@ def test_movenet_through_the_pipeline_matches_a_direct_run_exactly(coral: Path) 
     interp.set_tensor(interp.get_input_details()[0]["index"], x[None])
     interp.invoke()
     direct = interp.get_tensor(interp.get_output_details()[0]["index"]).reshape(17, 3)
-    for k, (y, xn, s) in zip(outcome.fields["keypoints"], direct, strict=True):
+    for k, (y, xn, s) in zip(outcome.result.to_payload()["keypoints"], direct, strict=True):
         assert k["x"] == pytest.approx(xn * w, abs=0.01) and k["y"] == pytest.approx(y * h, abs=0.01)
         assert k["score"] == pytest.approx(s, abs=1e-6)
     p.close()
@@ -206,7 +208,7 @@ def test_movenet_pipeline_matches_the_reference(coral: Path) -> None:
     p = Pipeline.load(parse_config(movenet_config(coral)))
     outcome = p.process(Frame(1, 0.0, 0.0, "squat.bmp", pixels=bgr, order="bgr"))
     assert isinstance(outcome, Inference), outcome
-    compare_with_reference(outcome.fields["keypoints"], reference(coral), w, h)
+    compare_with_reference(outcome.result.to_payload()["keypoints"], reference(coral), w, h)
 
 
 def test_movenet_letterboxed_still_lands_on_the_person(coral: Path) -> None:
@@ -217,7 +219,7 @@ def test_movenet_letterboxed_still_lands_on_the_person(coral: Path) -> None:
     p = Pipeline.load(parse_config(movenet_config(coral, "letterbox")))
     outcome = p.process(Frame(1, 0.0, 0.0, "squat.bmp", pixels=bgr, order="bgr"))
     assert isinstance(outcome, Inference), outcome
-    compare_with_reference(outcome.fields["keypoints"], reference(coral), w, h)
+    compare_with_reference(outcome.result.to_payload()["keypoints"], reference(coral), w, h)
 
 
 def test_movenet_end_to_end_through_the_agent(

@@ -63,7 +63,7 @@ def frame_of(pixels: np.ndarray, order: str = "bgr", seq: int = 1) -> Frame:
 
 def run_plan(pp: Preprocessor, pixels: np.ndarray, order: str = "bgr") -> np.ndarray:
     tensor = np.full(pp.info.shape, 77, dtype=pp.info.dtype)
-    assert pp.run(frame_of(pixels, order), lambda: tensor) == Prepared()
+    assert pp.run(frame_of(pixels, order), lambda: tensor).prepared == Prepared()
     return tensor
 
 
@@ -758,7 +758,7 @@ def _row(values: list[float]) -> Frame:
 def test_vector_standardization() -> None:
     pp = Preprocessor(info_of((1, 4)), None, FEATURES)
     tensor = np.zeros((1, 4), np.float32)
-    assert pp.run(_row([50.0, 20.0, 100.0, 3.0]), lambda: tensor) == Prepared()
+    assert pp.run(_row([50.0, 20.0, 100.0, 3.0]), lambda: tensor).prepared == Prepared()
     np.testing.assert_array_equal(tensor[0], np.float32([1.0, -1.0, 0.5, -0.5]))
 
 
@@ -766,7 +766,7 @@ def test_vector_imputation_mean_zero_number() -> None:
     pp = Preprocessor(info_of((1, 4)), None, FEATURES)
     tensor = np.zeros((1, 4), np.float32)
     prepared = pp.run(_row([math.nan, math.nan, 70.0, math.nan]), lambda: tensor)
-    assert prepared == Prepared(imputed=("age", "bmi", "s5"))
+    assert prepared is not None and prepared.prepared == Prepared(imputed=("age", "bmi", "s5"))
     # age → its mean → 0; bmi → a raw 0 → (0 - 25) / 5; s5 → a raw 6 → (6 - 4) / 2
     np.testing.assert_array_equal(tensor[0], np.float32([0.0, -5.0, -1.0, 1.0]))
 
@@ -786,7 +786,7 @@ def test_skip_missing_skips_any_row_with_a_gap() -> None:
         row[gap] = math.nan
         assert pp.run(_row(row), lambda: tensor) is None
     np.testing.assert_array_equal(tensor, np.full((1, 4), 7.0, np.float32))
-    assert pp.run(_row([50.0, 20.0, 100.0, 3.0]), lambda: tensor) == Prepared()
+    assert pp.run(_row([50.0, 20.0, 100.0, 3.0]), lambda: tensor).prepared == Prepared()
     assert isinstance(pp.plan, preprocess.VectorPlan)
     assert "missing → skip the row" in "\n".join(pp.plan.describe())
 
@@ -799,10 +799,10 @@ def test_vector_clipping_to_the_declared_range() -> None:
     )
     pp = Preprocessor(info_of((1, 3)), None, features)
     tensor = np.zeros((1, 3), np.float32)
-    assert pp.run(_row([85.0, -3.0, 1e6]), lambda: tensor) == Prepared(clipped=("temp", "rh"))
+    assert pp.run(_row([85.0, -3.0, 1e6]), lambda: tensor).prepared == Prepared(clipped=("temp", "rh"))
     np.testing.assert_array_equal(tensor[0], np.float32([(50 - 20) / 5, (0 - 50) / 10, 1e6]))
     # on the bounds is inside; an imputed value is held in the range too, and counted twice
-    assert pp.run(_row([-10.0, math.nan, -1e6]), lambda: tensor) == Prepared(imputed=("rh",), clipped=("rh",))
+    assert pp.run(_row([-10.0, math.nan, -1e6]), lambda: tensor).prepared == Prepared(imputed=("rh",), clipped=("rh",))
     np.testing.assert_array_equal(tensor[0], np.float32([-6.0, 5.0, -1e6]))
     assert isinstance(pp.plan, preprocess.VectorPlan)
     assert "held in [-10.0, 50.0]" in "\n".join(pp.plan.describe())
@@ -818,7 +818,7 @@ def test_vector_does_not_modify_the_frame() -> None:
 def test_vector_without_features_passes_values_and_skips_missing() -> None:
     pp = Preprocessor(info_of((1, 3)), None, ())
     tensor = np.zeros((1, 3), np.float32)
-    assert pp.run(_row([1.5, -2.0, 300.0]), lambda: tensor) == Prepared()
+    assert pp.run(_row([1.5, -2.0, 300.0]), lambda: tensor).prepared == Prepared()
     np.testing.assert_array_equal(tensor[0], np.float32([1.5, -2.0, 300.0]))
     assert pp.run(_row([1.5, math.nan, 300.0]), lambda: tensor) is None
 
@@ -885,7 +885,7 @@ def test_vector_matches_hand_computation(
             value = min(max(value, lo), lo + width)
             clipped.append(f"f{i}")
         want.append((value - m) / s)
-    assert prepared == Prepared(tuple(imputed), tuple(clipped))
+    assert prepared is not None and prepared.prepared == Prepared(tuple(imputed), tuple(clipped))
     z = np.array(want, dtype=np.float64)
     if target == "float32":
         np.testing.assert_array_equal(tensor[0], z.astype(np.float32))
@@ -1034,7 +1034,7 @@ def test_sensor_model_through_csv_source_and_vector_plan() -> None:
     while (row := src.read()) is not None:
         target = truth.read()
         assert isinstance(row, Frame) and isinstance(target, Frame)
-        assert pp.run(row, view) == Prepared()
+        assert pp.run(row, view).prepared == Prepared()
         m.invoke()
         errors.append(abs(float(m.output(0)[0, 0]) - float(target.values[0])))  # type: ignore[index]
     assert len(errors) == manifest()["heldout"]["sensor"]["rows"]

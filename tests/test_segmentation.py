@@ -54,7 +54,7 @@ def test_fractions_sorted_with_labels_and_indices() -> None:
     ids = np.zeros((8, 8), dtype=np.intp)
     ids[:4, :4] = 2  # 16 px
     ids[4:, :2] = 1  # 8 px
-    r = seg((1, 8, 8, 3)).decode(scores_for(ids), FULL, (8, 8))
+    r = seg((1, 8, 8, 3)).decode(scores_for(ids), FULL, (8, 8)).to_payload()
     assert r["classes"] == [
         {"index": 0, "label": "background", "fraction": 0.625},
         {"index": 2, "label": "dog", "fraction": 0.25},
@@ -64,7 +64,7 @@ def test_fractions_sorted_with_labels_and_indices() -> None:
 
 def test_a_mask_of_one_class_is_all_of_it() -> None:
     ids = np.full((8, 8), 1, dtype=np.intp)
-    r = seg((1, 8, 8, 3)).decode(scores_for(ids), FULL, (8, 8))
+    r = seg((1, 8, 8, 3)).decode(scores_for(ids), FULL, (8, 8)).to_payload()
     assert r["classes"] == [{"index": 1, "label": "cat", "fraction": 1.0}]
 
 
@@ -75,7 +75,7 @@ def test_letterbox_padding_is_left_out() -> None:
     ids = np.zeros((8, 8), dtype=np.intp)
     ids[2:6, :] = 2
     ids[2:6, :2] = 1
-    r = seg((1, 8, 8, 3)).decode(scores_for(ids), g, (16, 8))
+    r = seg((1, 8, 8, 3)).decode(scores_for(ids), g, (16, 8)).to_payload()
     assert fractions(r) == {"dog": 0.75, "cat": 0.25}
 
 
@@ -86,7 +86,7 @@ def test_lower_resolution_output_is_scaled_to_the_input() -> None:
     ids[1:3, :] = 1
     ids[1:3, 3] = 2
     s = Segmenter(PostprocessConfig(), LABELS, (1, 4, 4, 3), (8, 8))
-    assert fractions(s.decode(scores_for(ids), g, (16, 8))) == {"cat": 0.75, "dog": 0.25}
+    assert fractions(s.decode(scores_for(ids), g, (16, 8)).to_payload()) == {"cat": 0.75, "dog": 0.25}
 
 
 def test_quantized_scores_dequantized_keep_the_argmax() -> None:
@@ -94,7 +94,7 @@ def test_quantized_scores_dequantized_keep_the_argmax() -> None:
     rng = np.random.default_rng(1)
     q = rng.integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)
     deq = ((q.astype(np.float32) - 128) * np.float32(0.05)).astype(np.float32)
-    r = seg((1, 8, 8, 3)).decode(deq, FULL, (8, 8))
+    r = seg((1, 8, 8, 3)).decode(deq, FULL, (8, 8)).to_payload()
     ids = np.argmax(q[0], axis=-1)
     want = {LABELS[c]: np.count_nonzero(ids == c) / 64 for c in range(3) if np.any(ids == c)}
     assert fractions(r) == pytest.approx(want)
@@ -105,13 +105,15 @@ def test_class_id_outputs(shape: tuple[int, ...]) -> None:
     ids = np.zeros((8, 8), dtype=np.float32)
     ids[:, 6:] = 2.0
     ids[0, 0] = -1.0  # a broken id counts as class 0
-    r = seg(shape).decode(ids.reshape(shape), FULL, (8, 8))
+    r = seg(shape).decode(ids.reshape(shape), FULL, (8, 8)).to_payload()
     assert fractions(r) == {"background": 0.75, "dog": 0.25}
 
 
 def test_unknown_class_ids_are_named_by_index() -> None:
     ids = np.full((1, 8, 8), 7.0, dtype=np.float32)
-    assert seg((1, 8, 8)).decode(ids, FULL, (8, 8))["classes"] == [{"index": 7, "label": "7", "fraction": 1.0}]
+    assert seg((1, 8, 8)).decode(ids, FULL, (8, 8)).to_payload()["classes"] == [
+        {"index": 7, "label": "7", "fraction": 1.0}
+    ]
 
 
 def test_argmax_goes_into_the_same_buffer_every_frame() -> None:
@@ -189,7 +191,7 @@ def test_bundled_model_fractions_close_to_the_truth(bundled: Path) -> None:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         outcome = p.process(Frame(1, 0.0, 0.0, path.name, pixels=bgr, order="bgr"))
         assert isinstance(outcome, Inference), outcome
-        got, want = fractions(outcome.fields), truth_fractions(path, labels)
+        got, want = fractions(outcome.result.to_payload()), truth_fractions(path, labels)
         assert sum(got.values()) == pytest.approx(1.0, abs=1e-5)
         for label in set(got) | set(want):
             worst = max(worst, abs(got.get(label, 0.0) - want.get(label, 0.0)))
@@ -208,7 +210,9 @@ def test_fractions_are_counted_on_the_frame_rows_only(bundled: Path) -> None:
     s = p.segmenter
     assert s is not None and s.region == (0, 5, 32, 26)
     counts = np.bincount(s.ids[5:26].ravel(), minlength=len(labels))
-    assert fractions(outcome.fields) == {labels[c]: round(counts[c] / (21 * 32), 6) for c in np.flatnonzero(counts)}
+    assert fractions(outcome.result.to_payload()) == {
+        labels[c]: round(counts[c] / (21 * 32), 6) for c in np.flatnonzero(counts)
+    }
     whole = np.bincount(s.ids.ravel(), minlength=len(labels)) / s.ids.size
     assert whole[0] > counts[0] / (21 * 32)  # the padding is background to the model
     p.close()

@@ -561,7 +561,7 @@ def test_raw_samples_are_copied_into_the_tensor_without_allocation(tmp_path: Pat
     tensor = np.zeros((1, n), np.float32)
     f = src.read()
     assert isinstance(f, Frame)
-    assert pp.run(f, lambda: tensor) == Prepared()
+    assert pp.run(f, lambda: tensor).prepared == Prepared()
     plan = pp.plan
     assert isinstance(plan, VectorPlan) and plan.raw
     assert "copied straight into the tensor" in "\n".join(plan.describe())

@@ -90,10 +90,9 @@ class OverlapLane:
         invoker = self._invoker_for(pipeline)
         buf = self._staging[self._staging_next]
         self._staging_next ^= 1
-        try:
-            staged = pipeline.stage(lease.frame, lambda: buf)
-        finally:
-            pipeline.pre.forget_frame()  # the plan keeps no view of a lent buffer
+        # the frame's geometry and checks travel in `staged`: N's decode (below, or with the next
+        # run) reads its own, whatever N+1 is
+        staged = pipeline.stage(lease.frame, lambda: buf)
         done = self._collect()
         if isinstance(staged, Staged):
             view = pipeline.model.input_view(0)()

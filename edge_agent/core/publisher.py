@@ -192,7 +192,7 @@ class Publisher:
             "model": {"name": model.name, "sha256": model.file.sha256},
             "latency_ms": inf.latency_ms,
             "task": pipeline.task,
-            **inf.fields,
+            **inf.result.to_payload(),  # the one place a result becomes a dict
         }
         if inf.imputed:
             payload["imputed"] = list(inf.imputed)

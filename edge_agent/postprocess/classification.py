@@ -1,6 +1,6 @@
 """Classification: activation, top-k with labels, threshold and label filters.
 
-Per frame it allocates nothing but the result itself: the activation works in a buffer kept
+Per frame it allocates nothing but the result itself (a `Classification`): the activation works in a buffer kept
 from frame to frame, and a small top-k is found by repeated argmax (each pass masks the
 winner, the masks are undone after) instead of sorting every score (an argsort of 1001 scores
 allocates 8 KB a frame, as do the float64 copies a plain softmax makes).
@@ -9,12 +9,12 @@ allocates 8 KB a frame, as do the float64 copies a plain softmax makes).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.config import PostprocessConfig
+from edge_agent.postprocess.results import Classification, Scored
 
 ARGMAX_TOP_K = 16  # beyond this (or with an include filter), one stable argsort is cheaper
 
@@ -43,25 +43,25 @@ class Classifier:
             np.reciprocal(x, out=x)
         return x
 
-    def decode(self, scores: npt.NDArray[np.float32]) -> dict[str, Any]:
+    def decode(self, scores: npt.NDArray[np.float32]) -> Classification:
         return self.decode_probs(self.activate(scores))
 
-    def decode_probs(self, probs: npt.NDArray[np.float64]) -> dict[str, Any]:
+    def decode_probs(self, probs: npt.NDArray[np.float64]) -> Classification:
         cfg = self.cfg
         if cfg.include_labels or cfg.top_k > ARGMAX_TOP_K:
-            return {"top": self._top_sorted(probs)}
-        return {"top": self._top_argmax(probs)}
+            return Classification(tuple(self._top_sorted(probs)))
+        return Classification(tuple(self._top_argmax(probs)))
 
-    def _entry(self, idx: int, score: float) -> dict[str, Any] | None:
+    def _entry(self, idx: int, score: float) -> Scored | None:
         """The result entry for one class, or None when a filter drops it."""
         label = self.labels.get(idx, str(idx))
         if label in self.cfg.exclude_labels:
             return None
-        return {"index": idx, "label": label, "score": round(score, 6)}
+        return Scored(idx, label, round(score, 6))
 
-    def _top_argmax(self, probs: npt.NDArray[np.float64]) -> list[dict[str, Any]]:
+    def _top_argmax(self, probs: npt.NDArray[np.float64]) -> list[Scored]:
         """Highest first, ties to the lower index (as a stable sort): argmax, mask, again."""
-        top: list[dict[str, Any]] = []
+        top: list[Scored] = []
         masked: list[tuple[int, float]] = []
         try:
             while len(top) < self.cfg.top_k and len(masked) < probs.size:
@@ -79,10 +79,10 @@ class Classifier:
                 probs[idx] = score
         return top
 
-    def _top_sorted(self, probs: npt.NDArray[np.float64]) -> list[dict[str, Any]]:
+    def _top_sorted(self, probs: npt.NDArray[np.float64]) -> list[Scored]:
         order = np.argsort(-probs, kind="stable")
         include = set(self.cfg.include_labels)
-        top: list[dict[str, Any]] = []
+        top: list[Scored] = []
         for idx in order:
             score = float(probs[idx])
             if score < self.cfg.threshold:

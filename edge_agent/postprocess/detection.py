@@ -33,14 +33,14 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.config import PostprocessConfig
 from edge_agent.errors import ModelError
-from edge_agent.preprocess import Geometry
+from edge_agent.postprocess.results import Box, Detections
+from edge_agent.preprocess import FrameGeometry
 from edge_agent.runtime.tensors import TensorInfo
 
 log = logging.getLogger(__name__)
@@ -51,15 +51,6 @@ MAX_CLASS_ID = 65536  # larger SSD class ids are garbage, not classes
 MAX_CANDIDATES = 512  # YOLO boxes entering NMS, best first (bounds the IoU matrix)
 
 F32 = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True)
-class FrameGeometry:
-    """Where a frame's model-input coordinates land: the plan's geometry and the frame size."""
-
-    geometry: Geometry
-    width: int
-    height: int
 
 
 @dataclass(frozen=True)
@@ -201,7 +192,7 @@ def to_frame_pixels(boxes: F32, frame: FrameGeometry) -> F32:
 
 
 class DetectionDecoder:
-    """Output tensors of one detection model → `{"objects": [...]}` for one frame."""
+    """Output tensors of one detection model → the `Detections` of one frame."""
 
     def __init__(
         self,
@@ -253,23 +244,18 @@ class DetectionDecoder:
         return ok
 
     # ---- per frame ----------------------------------------------------------------------
-    def decode(self, outputs: Sequence[F32], frame: FrameGeometry) -> dict[str, Any]:
+    def decode(self, outputs: Sequence[F32], frame: FrameGeometry) -> Detections:
         if self.layout.kind == "ssd":
             boxes, classes, scores = self._ssd(outputs)
         else:
             boxes, classes, scores = self._yolo(outputs[0])
         boxes = to_frame_pixels(boxes, frame)
         visible = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        objects = [
-            {
-                "label": self.label(int(c)),
-                "index": int(c),
-                "score": round(float(s), 6),
-                "box": [round(float(v), 2) for v in b],
-            }
+        objects = tuple(
+            Box(self.label(int(c)), int(c), round(float(s), 6), _rounded_box(b))
             for b, c, s in zip(boxes[visible], classes[visible], scores[visible], strict=True)
-        ]
-        return {"objects": objects[: self.cfg.max_objects]}
+        )
+        return Detections(objects[: self.cfg.max_objects])
 
     def _ssd_roles(self, outputs: Sequence[F32]) -> dict[str, int]:
         if self._roles is not None:
@@ -331,6 +317,11 @@ class DetectionDecoder:
         if units != "auto":
             return units == "normalized"
         return bool(xywh.size) and float(np.abs(xywh).max()) <= 2.0
+
+
+def _rounded_box(b: F32) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = (round(float(v), 2) for v in b)
+    return x1, y1, x2, y2
 
 
 def _sigmoid(x: F32) -> F32:

@@ -20,13 +20,12 @@ MoveNet single pose has no pose score: `pose_score` is the mean of the 17 keypoi
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.config import PostprocessConfig
 from edge_agent.errors import ModelError
+from edge_agent.postprocess.results import Keypoint, Person, Pose
 from edge_agent.preprocess import Geometry
 
 KEYPOINT_NAMES = (
@@ -87,29 +86,23 @@ class PoseDecoder:
 
     def _keypoints(
         self, kp: npt.NDArray[np.float32], g: Geometry, frame_wh: tuple[int, int]
-    ) -> tuple[list[dict[str, Any]], float]:
+    ) -> tuple[tuple[Keypoint, ...], float]:
         x, y, inside = self._frame_xy(kp[:, :2], g, frame_wh)
         scores = kp[:, 2].astype(np.float64)
         visible = inside & (scores >= self.keypoint_threshold)
-        points = [
-            {
-                "name": name,
-                "x": round(float(px), 2),
-                "y": round(float(py), 2),
-                "score": round(float(s), 6),
-                "visible": bool(v),
-            }
+        points = tuple(
+            Keypoint(name, round(float(px), 2), round(float(py), 2), round(float(s), 6), bool(v))
             for name, px, py, s, v in zip(KEYPOINT_NAMES, x, y, scores, visible, strict=True)
-        ]
+        )
         return points, float(scores.mean())
 
-    def decode(self, out: npt.NDArray[np.float32], g: Geometry, frame_wh: tuple[int, int]) -> dict[str, Any]:
+    def decode(self, out: npt.NDArray[np.float32], g: Geometry, frame_wh: tuple[int, int]) -> Pose:
         if self.layout == "single":
             points, score = self._keypoints(out.reshape(NUM_KEYPOINTS, 3), g, frame_wh)
-            return {"keypoints": points, "pose_score": round(score, 6)}
+            return Pose(points, round(score, 6))
         rows = out.reshape(-1, MULTI_ROW)
         order = np.argsort(-rows[:, -1], kind="stable")
-        poses: list[dict[str, Any]] = []
+        poses: list[Person] = []
         for i in order:
             score = float(rows[i, -1])
             if score < self.pose_threshold:
@@ -117,17 +110,7 @@ class PoseDecoder:
             points, _ = self._keypoints(rows[i, : NUM_KEYPOINTS * 3].reshape(NUM_KEYPOINTS, 3), g, frame_wh)
             box = rows[i, NUM_KEYPOINTS * 3 : NUM_KEYPOINTS * 3 + 4]  # ymin, xmin, ymax, xmax
             bx, by, _ = self._frame_xy(box.reshape(2, 2), g, frame_wh)
-            poses.append(
-                {
-                    "score": round(score, 6),
-                    "box": [
-                        round(float(bx[0]), 2),
-                        round(float(by[0]), 2),
-                        round(float(bx[1]), 2),
-                        round(float(by[1]), 2),
-                    ],
-                    "keypoints": points,
-                }
-            )
+            box_px = (round(float(bx[0]), 2), round(float(by[0]), 2), round(float(bx[1]), 2), round(float(by[1]), 2))
+            poses.append(Person(round(score, 6), box_px, points))
         best = float(rows[order[0], -1])
-        return {"keypoints": poses[0]["keypoints"] if poses else [], "pose_score": round(best, 6), "poses": poses}
+        return Pose(poses[0].keypoints if poses else (), round(best, 6), tuple(poses))

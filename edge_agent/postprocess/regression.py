@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.config import PostprocessConfig
+from edge_agent.postprocess.results import Values
 
 
 @dataclass(frozen=True)
@@ -23,11 +24,12 @@ class Regressor:
             return self.output_names
         return tuple(f"value{i}" for i in range(count))
 
-    def decode(self, outputs: list[npt.NDArray[np.float32]]) -> dict[str, Any]:
+    def decode(self, outputs: list[npt.NDArray[np.float32]]) -> Values:
         flat = np.concatenate([o.ravel() for o in outputs]) if len(outputs) > 1 else outputs[0].ravel()
         names = self.names_for(flat.size)
-        values = {n: float(v) for n, v in zip(names, flat.tolist(), strict=False)}
-        result: dict[str, Any] = {"values": values}
-        if self.cfg.units:
-            result["units"] = dict(self.cfg.units)
-        return result
+        values = tuple((n, float(v)) for n, v in zip(names, flat.tolist(), strict=False))
+        return Values(values, self.units)
+
+    @cached_property
+    def units(self) -> tuple[tuple[str, str], ...]:
+        return tuple(self.cfg.units.items())

@@ -18,14 +18,13 @@ classes); the receiver scales it by frame size / mask size.
 
 from __future__ import annotations
 
-from typing import Any
-
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.config import PostprocessConfig
 from edge_agent.errors import ModelError
+from edge_agent.postprocess.results import Segmentation, Share
 from edge_agent.preprocess import Geometry
 
 
@@ -87,7 +86,7 @@ class Segmenter:
     def label(self, index: int) -> str:
         return self.labels.get(index, str(index))
 
-    def decode(self, out: npt.NDArray[np.float32], g: Geometry, frame_wh: tuple[int, int]) -> dict[str, Any]:
+    def decode(self, out: npt.NDArray[np.float32], g: Geometry, frame_wh: tuple[int, int]) -> Segmentation:
         if self.channels:
             np.argmax(out.reshape(self.h, self.w, self.channels), axis=-1, out=self.ids)
         else:
@@ -100,12 +99,7 @@ class Segmenter:
         total = (x1 - x0) * (y1 - y0)
         present = np.flatnonzero(counts)
         order = present[np.argsort(-counts[present], kind="stable")]
-        return {
-            "classes": [
-                {"index": int(c), "label": self.label(int(c)), "fraction": round(float(counts[c]) / total, 6)}
-                for c in order
-            ]
-        }
+        return Segmentation(tuple(Share(int(c), self.label(int(c)), round(float(counts[c]) / total, 6)) for c in order))
 
     def mask_png(self) -> tuple[bytes, int, int]:
         """The last decoded mask's frame region as PNG bytes, with its width and height.

@@ -10,6 +10,7 @@ Finite-but-wrong outputs are caught too: integer outputs pinned at their maximum
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -227,9 +228,18 @@ class OutputGuard:
         # would convert it on every call
         self._tops = [np.array(np.iinfo(o.dtype).max, dtype=o.dtype) if o.is_integer else None for o in outputs]
         self.same_outputs = 0  # consecutive checked frames whose outputs did not change
+        # output position → rows the model wrote this frame (the rest is not the model's output)
+        self.rows_in_use: Callable[[list[npt.NDArray[np.float32]]], dict[int, int] | None] | None = None
 
     def finite(self, outs: list[npt.NDArray[np.float32]]) -> bool:
-        """Every output free of NaN/Inf; allocation-free (preallocated scratch buffers)."""
+        """Every output free of NaN/Inf; allocation-free (preallocated scratch buffers). Outputs of
+        which only some rows hold values (`rows_in_use`, SSD's detection op) are checked there."""
+        rows = self.rows_in_use(outs) if self.rows_in_use is not None else None
+        if rows:
+            return all(
+                all_finite(o[0, : rows[i]]) if i in rows else all_finite(o, scratch=eq)
+                for i, (o, eq) in enumerate(zip(outs, self._eq, strict=True))
+            )
         return all(all_finite(o, scratch=eq) for o, eq in zip(outs, self._eq, strict=True))
 
     def saturated(self, raws: list[npt.NDArray[Any]]) -> GuardFault | None:

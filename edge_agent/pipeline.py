@@ -174,6 +174,7 @@ class Pipeline:
             self.decoder = self._image_decoder(cfg, model)
         elif self.task == "detection":
             detector = self.detector = self._detector()
+            self.output_guard.rows_in_use = detector.rows_in_use
             self.decoder = lambda outs, where: detector.decode(outs, _in_frame(where))
         else:
             reg = Regressor(cfg.postprocess, tuple(o.name for o in model.outputs))

@@ -205,3 +205,26 @@ def test_a_delegate_that_gives_nan_where_the_cpu_does_not_is_blamed() -> None:
     outcome = p.process(Frame(1, 0.0, 0.0, "cam", pixels=pixels, order="bgr"))
     assert isinstance(outcome, Fault) and outcome.fault.kind == "nan_output"
     assert "gives finite outputs on the CPU, so the edgetpu delegate is at fault" in outcome.fault.message
+
+
+def test_only_the_rows_an_ssd_op_wrote_are_checked_for_nan() -> None:
+    """SSD's detection op fills `count` rows of its [1, N, 4] / [1, N] outputs; the rest is memory
+    it never wrote (another tensor's leftovers, NaN included): not a fault. NaN inside the rows
+    it wrote is one."""
+    from edge_agent.guard import OutputGuard  # noqa: PLC0415
+    from edge_agent.runtime.tensors import TensorInfo  # noqa: PLC0415
+
+    infos = tuple(
+        TensorInfo(name=n, index=i, shape=s, dtype=np.dtype(np.float32), scale=0.0, zero_point=0)
+        for i, (n, s) in enumerate((("boxes", (1, 10, 4)), ("classes", (1, 10)), ("scores", (1, 10)), ("count", (1,))))
+    )
+    g = OutputGuard(infos, pinned_fraction=0.9, stuck_after=0)
+    outs = [np.full(i.shape, np.nan, np.float32) for i in infos]
+    outs[3][0] = 3.0
+    for o in outs[:3]:
+        o[0, :3] = 0.5
+    assert not g.finite(outs), "without knowing the rows in use, the leftovers count"
+    g.rows_in_use = lambda o: {0: int(o[3][0]), 1: int(o[3][0]), 2: int(o[3][0])}
+    assert g.finite(outs)
+    outs[2][0, 1] = np.nan
+    assert not g.finite(outs)

@@ -257,6 +257,20 @@ class DetectionDecoder:
         )
         return Detections(objects[: self.cfg.max_objects])
 
+    def rows_in_use(self, outputs: Sequence[F32]) -> dict[int, int] | None:
+        """SSD's detection op fills only its first `count` rows: output position → rows holding
+        values. The rest is memory the op never wrote (often another tensor's leftovers, NaN
+        included), which neither the guard nor the decoder may read. None for YOLO, or when the
+        count itself is not a number (then every value is checked, and that is a fault)."""
+        if self.layout.kind != "ssd":
+            return None
+        r = self._ssd_roles(outputs)
+        c = float(outputs[r["count"]].ravel()[0])
+        if not np.isfinite(c):
+            return None
+        n = int(np.clip(np.rint(c), 0, outputs[r["boxes"]].shape[-2]))
+        return {r["boxes"]: n, r["classes"]: n, r["scores"]: n}
+
     def _ssd_roles(self, outputs: Sequence[F32]) -> dict[str, int]:
         if self._roles is not None:
             return self._roles

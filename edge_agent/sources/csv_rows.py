@@ -17,7 +17,7 @@ from typing import TextIO
 import numpy as np
 
 from edge_agent.bounded import MAX_QUOTE_CHARS, describe_kind, quote_part
-from edge_agent.config import SourceConfig
+from edge_agent.config.source import CsvOptions
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import Frame, SourceProblem, Stamp
 
@@ -64,14 +64,13 @@ class _BoundedLines:
 
 
 class CsvRowSource:
-    def __init__(self, cfg: SourceConfig, *, feature_names: tuple[str, ...] = ()) -> None:
-        assert cfg.path is not None
-        self._path = Path(cfg.path).expanduser()
+    def __init__(self, opts: CsvOptions, *, feature_names: tuple[str, ...] = ()) -> None:
+        self._path = Path(opts.path).expanduser()
         self.name = f"csv:{self._path.name}"
-        self._delimiter = cfg.delimiter
-        self._loop = cfg.loop
+        self._delimiter = opts.delimiter
+        self._loop = opts.loop
         self._stamp = Stamp()
-        self._wanted = cfg.columns or feature_names
+        self._wanted = opts.columns or feature_names
         self._open()
 
     def _open(self) -> None:

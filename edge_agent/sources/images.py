@@ -9,8 +9,7 @@ import cv2
 import numpy as np
 
 from edge_agent.bounded import FileReadError, quote_part, read_bytes_bounded
-from edge_agent.config import SourceConfig
-from edge_agent.config.source import DEFAULT_MAX_PIXELS
+from edge_agent.config.source import DEFAULT_MAX_PIXELS, ImagesOptions
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import Frame, SourceProblem, Stamp, frame_from_pixels
 from edge_agent.sources.image_header import ImageHeaderError, read_image_size
@@ -118,14 +117,13 @@ def _opencv_reason(err: Exception) -> str:
 
 
 class ImageFolderSource:
-    def __init__(self, cfg: SourceConfig) -> None:
-        assert cfg.path is not None
-        self.name = f"images:{cfg.path}"
-        self._files = list_images(cfg.path)
+    def __init__(self, opts: ImagesOptions, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.name = f"images:{opts.path}"
+        self._files = list_images(opts.path)
         if not self._files:
-            raise SourceError(f"source.path: no JPEG/PNG/BMP images match {cfg.path}")
-        self._loop = cfg.loop
-        self._max_pixels = cfg.max_pixels
+            raise SourceError(f"source.path: no JPEG/PNG/BMP images match {opts.path}")
+        self._loop = opts.loop
+        self._max_pixels = max_pixels
         self._next = 0
         self._stamp = Stamp()
 

@@ -36,7 +36,8 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.bounded import quote_part
 from edge_agent.bounded_json import MAX_FLOAT_TEXT_CHARS, JsonLimitError, loads_bounded
-from edge_agent.config import MqttConfig, SourceConfig
+from edge_agent.config import MqttConfig
+from edge_agent.config.source import MqttOptions
 from edge_agent.mqtt.link import connect_async, describe_connect_error, load_credentials, load_tls, make_client
 from edge_agent.sources.base import MAX_WAIT_S, NO_FRAME_YET, Frame, NoFrameYet, SourceProblem, Stamp
 
@@ -160,17 +161,16 @@ def _show(v: Any) -> str:
 
 class MqttSensorSource:
     def __init__(
-        self, cfg: SourceConfig, broker: MqttConfig, *, client_id: str, feature_names: tuple[str, ...] = ()
+        self, opts: MqttOptions, broker: MqttConfig, *, client_id: str, feature_names: tuple[str, ...] = ()
     ) -> None:
-        assert cfg.topic is not None
-        self._topic = cfg.topic
-        self._qos = cfg.mqtt_qos
+        self._topic = opts.topic
+        self._qos = opts.qos
         self._broker = broker
-        self.name = f"mqtt:{cfg.topic}"
-        self._parser = RowParser(tuple(cfg.columns or feature_names))
+        self.name = f"mqtt:{opts.topic}"
+        self._parser = RowParser(tuple(opts.columns or feature_names))
         self._limit = broker.max_incoming_kb * 1024
         self._stamp = Stamp()
-        self._capacity = cfg.mqtt_queue
+        self._capacity = opts.queue
         self._queue: deque[_Message | SourceProblem] = deque()
         self._cond = threading.Condition()
         self._dropped = 0  # messages dropped and not reported yet

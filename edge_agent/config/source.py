@@ -113,7 +113,10 @@ class OpenCvOptions(KindOptions):
         "opencv_open_timeout_s", gt=0, le=600, description="a stream that has not answered by then is a failed open"
     )
     read_timeout_s: float = key(
-        "opencv_read_timeout_s", gt=0, le=600, description="a stream or camera without a frame for this long has stalled"
+        "opencv_read_timeout_s",
+        gt=0,
+        le=600,
+        description="a stream or camera without a frame for this long has stalled",
     )
     capture_size: tuple[int, int] | None = key(
         "opencv_capture_size", description="[width, height] asked of a V4L2 device; default: the device's own"
@@ -213,9 +216,7 @@ class CsvOptions(KindOptions):
     path: PathStr
     loop: bool = Field(description="start again at the first row after the last")
     delimiter: str = Field(min_length=1, max_length=1)
-    columns: Columns | None = Field(
-        description="CSV columns to feed, in model order; default: the preprocess features"
-    )
+    columns: Columns | None = Field(description="CSV columns to feed, in model order; default: the preprocess features")
 
 
 class WavOptions(KindOptions):
@@ -243,9 +244,7 @@ class WavOptions(KindOptions):
     scale: WavScale = key(
         "wav_scale", description='samples as the model takes them: "float" in [-1, 1], "int16" in [-32768, 32767]'
     )
-    pad_last: bool = key(
-        "wav_pad_last", description="zero-pad a file's last partial window instead of dropping it"
-    )
+    pad_last: bool = key("wav_pad_last", description="zero-pad a file's last partial window instead of dropping it")
 
 
 class MqttOptions(KindOptions):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+import numpy.typing as npt
 
 from edge_agent.bounded import MAX_QUOTE_CHARS, describe_kind, quote_part
 from edge_agent.config.source import CsvOptions
@@ -61,6 +62,17 @@ class _BoundedLines:
             line = self._fh.readline(_SKIP_CHARS)
             length += len(line)
         raise _LineTooLong(self.line_num, head, length)
+
+
+def _cell_value(cell: str) -> float | str:
+    """A cell as a number (NaN when missing), or why it is not one."""
+    if cell.lower() in _MISSING:
+        return math.nan
+    try:
+        v = float(cell)
+    except ValueError:
+        return f"{cell[:30]!r} is not a number"
+    return v if math.isfinite(v) else f"{cell[:30]!r} is not a finite number"
 
 
 class CsvRowSource:
@@ -132,42 +144,44 @@ class CsvRowSource:
 
     def read(self) -> Frame | SourceProblem | None:
         first = self._lines.line_num + 1
+        row = self._next_row(first)
+        # a file with no rows after its header has nothing to loop over
+        if row is None and self._loop and self._rows_since_open > 0:
+            self._fh.close()
+            self._open()
+            return self.read()
+        if not isinstance(row, list):
+            return row
+        self._rows_since_open += 1
+        where = self._where(first)
+        values = self._row_values(row)
+        if isinstance(values, str):
+            return SourceProblem(where, values)
+        seq, ts, mono = self._stamp.next()
+        return Frame(seq=seq, ts=ts, mono=mono, source=where, values=values, names=self._names)
+
+    def _next_row(self, first: int) -> list[str] | SourceProblem | None:
+        """The next row's cells, the problem of a line that is not one, or None at the end."""
         try:
-            row = next(self._reader, None)
+            return next(self._reader, None)
         except _LineTooLong as err:
             return SourceProblem(self._where(first), err.describe())
         except (csv.Error, UnicodeDecodeError) as err:
             return SourceProblem(self._where(first), f"unreadable CSV row: {quote_part(str(err))}")
-        if row is None:
-            if not self._loop or self._rows_since_open == 0:
-                # a file with no rows after its header has nothing to loop over
-                return None
-            self._fh.close()
-            self._open()
-            return self.read()
-        self._rows_since_open += 1
-        where = self._where(first)
+
+    def _row_values(self, row: list[str]) -> npt.NDArray[np.float64] | str:
+        """The wanted cells as float64 (NaN where missing), or why the row cannot be used."""
         if not any(cell.strip() for cell in row):
-            return SourceProblem(where, "empty row")
+            return "empty row"
         if len(row) != self._width:
-            return SourceProblem(where, f"row has {len(row)} cells, the header has {self._width}")
+            return f"row has {len(row)} cells, the header has {self._width}"
         values = np.empty(len(self._columns), dtype=np.float64)
         for i, col in enumerate(self._columns):
-            cell = row[col].strip()
-            if cell.lower() in _MISSING:
-                values[i] = math.nan
-                continue
-            try:
-                v = float(cell)
-            except ValueError:
-                return SourceProblem(where, f"column {quote_part(repr(self._names[i]))}: {cell[:30]!r} is not a number")
-            if not math.isfinite(v):
-                return SourceProblem(
-                    where, f"column {quote_part(repr(self._names[i]))}: {cell[:30]!r} is not a finite number"
-                )
+            v = _cell_value(row[col].strip())
+            if isinstance(v, str):
+                return f"column {quote_part(repr(self._names[i]))}: {v}"
             values[i] = v
-        seq, ts, mono = self._stamp.next()
-        return Frame(seq=seq, ts=ts, mono=mono, source=where, values=values, names=self._names)
+        return values
 
     def release(self, frame: Frame) -> None:
         """Nothing to give back: each row is a fresh small vector."""

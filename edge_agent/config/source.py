@@ -16,9 +16,10 @@ overlay does, carries every key at its default).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from edge_agent.config._base import Section
@@ -37,16 +38,23 @@ Columns = tuple[TextStr, ...]
 URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 
 
-def key(public: str, **constraints: Any) -> Any:
-    """An option whose key in the `[source]` table is `public` (errors name that key)."""
+def written_as(public: str, **constraints: Any) -> Any:
+    """An option whose key in the `[source]` table is `public`: it is read, and its errors are
+    reported, under that name."""
     return Field(validation_alias=public, **constraints)
 
 
-class KindOptions(BaseModel):
-    """One kind's keys, all given (the defaults are the public table's). `_required`: keys a
-    kind cannot do without, with what the error adds; absent is None (or an empty string)."""
+def _public_key(name: str, field: FieldInfo) -> str:
+    return field.validation_alias if isinstance(field.validation_alias, str) else name
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, validate_by_alias=True)
+
+class KindOptions(BaseModel):
+    """One kind's keys, each given: the defaults are the public table's, so that they are stated
+    once. Built from the table (by public key) or in code (by field name)."""
+
+    # populate_by_name rather than validate_by_name: pydantic 2.5 (the oldest we take) has only it
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # fields the kind cannot do without (absent: None or empty), with what their error adds
     _required: ClassVar[dict[str, str]] = {}
 
     @model_validator(mode="before")
@@ -54,8 +62,8 @@ class KindOptions(BaseModel):
     def _required_keys(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        for public, hint in cls._required.items():
-            name = next(n for n, f in cls.model_fields.items() if public in (n, f.validation_alias))
+        for name, hint in cls._required.items():
+            public = _public_key(name, cls.model_fields[name])
             if data.get(public, data.get(name)) in (None, ""):
                 raise ValueError(f"source.{public}: required when source.kind = {data.get('kind')!r}{hint}")
         return data
@@ -63,27 +71,25 @@ class KindOptions(BaseModel):
     @classmethod
     def public_keys(cls) -> tuple[str, ...]:
         """This kind's keys as the `[source]` table spells them."""
-        return tuple(
-            f.validation_alias if isinstance(f.validation_alias, str) else n
-            for n, f in cls.model_fields.items()
-            if n != "kind"
-        )
+        return tuple(_public_key(n, f) for n, f in cls.model_fields.items() if n != "kind")
 
 
 class Picamera2Options(KindOptions):
     """A Raspberry Pi camera through libcamera."""
 
     kind: Literal["picamera2"] = "picamera2"
-    camera: int = key("picamera2_camera", ge=0, le=15, description="camera index, as `rpicam-hello --list-cameras`")
-    stream: Picamera2Stream = key(
+    camera: int = written_as(
+        "picamera2_camera", ge=0, le=15, description="camera index, as `rpicam-hello --list-cameras`"
+    )
+    stream: Picamera2Stream = written_as(
         "picamera2_stream", description="the stream the model reads; on a Pi 4 or older only 'main' delivers RGB"
     )
-    size: tuple[int, int] | None = key(
+    size: tuple[int, int] | None = written_as(
         "picamera2_size",
         description="[width, height] of that stream; default: the model's input size when the ISP can resize the "
         "way the model was trained (center crop; stretch on a Pi 5), else 640 wide in the sensor's aspect ratio",
     )
-    stall_frames: int = key(
+    stall_frames: int = written_as(
         "picamera2_stall_frames",
         ge=2,
         le=10000,
@@ -109,22 +115,22 @@ class OpenCvOptions(KindOptions):
     url: PathStr | None
     device: int | PathStr | None
     loop: bool = Field(description="a video file starts again at its end")
-    open_timeout_s: float = key(
+    open_timeout_s: float = written_as(
         "opencv_open_timeout_s", gt=0, le=600, description="a stream that has not answered by then is a failed open"
     )
-    read_timeout_s: float = key(
+    read_timeout_s: float = written_as(
         "opencv_read_timeout_s",
         gt=0,
         le=600,
         description="a stream or camera without a frame for this long has stalled",
     )
-    capture_size: tuple[int, int] | None = key(
+    capture_size: tuple[int, int] | None = written_as(
         "opencv_capture_size", description="[width, height] asked of a V4L2 device; default: the device's own"
     )
-    capture_fps: float | None = key(
+    capture_fps: float | None = written_as(
         "opencv_capture_fps", gt=0, le=1000, description="frame rate asked of a V4L2 device"
     )
-    fourcc: str | None = key(
+    fourcc: str | None = written_as(
         "opencv_fourcc", pattern=r"^[ -~]{4}$", description='pixel format asked of a V4L2 device, e.g. "MJPG", "YUYV"'
     )
 
@@ -175,12 +181,16 @@ class ImagesOptions(KindOptions):
     kind: Literal["images"] = "images"
     path: PathStr
     loop: bool = Field(description="start again at the first file after the last")
-    watch: bool = key(
+    watch: bool = written_as(
         "images_watch", description="after the files present at start, take new files as they appear in the folder"
     )
-    after: ImagesAfter = key("images_after", description="what happens to a watched file once taken (decoded or not)")
-    move_to: PathStr | None = key("images_move_to", description="folder taken files go to with images_after = 'move'")
-    settle_s: float = key(
+    after: ImagesAfter = written_as(
+        "images_after", description="what happens to a watched file once taken (decoded or not)"
+    )
+    move_to: PathStr | None = written_as(
+        "images_move_to", description="folder taken files go to with images_after = 'move'"
+    )
+    settle_s: float = written_as(
         "images_settle_s",
         gt=0,
         le=3600,
@@ -224,27 +234,29 @@ class WavOptions(KindOptions):
 
     _required: ClassVar[dict[str, str]] = {
         "path": "",
-        "wav_sample_rate": " (the model's rate, e.g. 48000)",
+        "sample_rate": " (the model's rate, e.g. 48000)",
     }
     kind: Literal["wav"] = "wav"
     path: PathStr
     loop: bool = Field(description="start again at the first file after the last")
-    sample_rate: int = key(
+    sample_rate: int = written_as(
         "wav_sample_rate",
         ge=1000,
         le=384000,
         description="the model's sample rate (Hz); files at other rates are resampled",
     )
-    window_s: float | None = key(
+    window_s: float | None = written_as(
         "wav_window_s", gt=0, le=60, description="window length in seconds; default: the model's input length"
     )
-    hop_s: float | None = key(
+    hop_s: float | None = written_as(
         "wav_hop_s", gt=0, le=3600, description="from one window's start to the next; default: the window (no overlap)"
     )
-    scale: WavScale = key(
+    scale: WavScale = written_as(
         "wav_scale", description='samples as the model takes them: "float" in [-1, 1], "int16" in [-32768, 32767]'
     )
-    pad_last: bool = key("wav_pad_last", description="zero-pad a file's last partial window instead of dropping it")
+    pad_last: bool = written_as(
+        "wav_pad_last", description="zero-pad a file's last partial window instead of dropping it"
+    )
 
 
 class MqttOptions(KindOptions):
@@ -254,13 +266,13 @@ class MqttOptions(KindOptions):
     kind: Literal["mqtt"] = "mqtt"
     topic: MqttStr
     columns: Columns | None = Field(description="feature names of a message's values; default: the features")
-    queue: int = key(
+    queue: int = written_as(
         "mqtt_queue",
         ge=1,
         le=100_000,
         description="messages waiting for the model; beyond it the oldest are dropped",
     )
-    qos: int = key("mqtt_qos", ge=0, le=2, description="QoS of the subscription to source.topic")
+    qos: int = written_as("mqtt_qos", ge=0, le=2, description="QoS of the subscription to source.topic")
 
     @field_validator("topic")
     @classmethod
@@ -292,18 +304,24 @@ OPTIONS_OF_KIND: dict[str, type[KindOptions]] = {
         MqttOptions,
     )
 }
-# the kinds that read each kind-owned key of the table
-KINDS_OF_KEY: dict[str, tuple[str, ...]] = {}
-for _kind, _options in OPTIONS_OF_KIND.items():
-    for _key in _options.public_keys():
-        KINDS_OF_KEY[_key] = (*KINDS_OF_KEY.get(_key, ()), _kind)
+
+
+def _kinds_of_key() -> dict[str, tuple[str, ...]]:
+    kinds: dict[str, tuple[str, ...]] = {}
+    for kind, options in OPTIONS_OF_KIND.items():
+        for public in options.public_keys():
+            kinds[public] = (*kinds.get(public, ()), kind)
+    return kinds
+
+
+# the kinds that read each kind-owned key of the table (`path`: opencv, images, csv, wav)
+KINDS_OF_KEY = _kinds_of_key()
 
 
 def _not_this_kinds(kind: str, owners: tuple[str, ...]) -> str:
     """`source.<key>: ` is put before it by the error's location."""
     which = f"kind {owners[0]!r}" if len(owners) == 1 else "kinds " + ", ".join(repr(k) for k in owners)
-    # a message template: the braces of a value would be taken for its fields
-    return f"not a key of source.kind = {kind!r} (only for {which})".replace("{", "(").replace("}", ")")
+    return f"not a key of source.kind = {kind!r} (only for {which})"
 
 
 class SourceConfig(Section):
@@ -401,7 +419,7 @@ class SourceConfig(Section):
     def _validate_options(self) -> SourceOptions:
         options = OPTIONS_OF_KIND[self.kind]
         table = {public: getattr(self, public) for public in options.public_keys()}
-        return options.model_validate({"kind": self.kind, **table})  # type: ignore[return-value]
+        return cast("SourceOptions", options.model_validate({"kind": self.kind, **table}))
 
     @property
     def options(self) -> SourceOptions:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import select
 import stat
 from pathlib import Path
 from typing import TextIO
@@ -27,6 +28,17 @@ _MISSING = {"", "na", "nan", "null", "none"}
 # 10 MB header, a file that is not CSV) is that line's problem, quoted only in part
 MAX_LINE_CHARS = 1 << 20
 _SKIP_CHARS = 1 << 16  # the rest of a too-long line is read and dropped this much at a time
+
+
+def _wait_for_writer(fd: int) -> None:
+    """Make the read end of a FIFO blocking, and wait until its writer has been there: until then
+    a read is "end of file" (Linux's poll reports neither data nor a hang-up on a FIFO no writer
+    has opened yet). Opening the FIFO again, blocking, would wait forever for a writer that wrote
+    everything and left between the two opens, its rows held by the first."""
+    os.set_blocking(fd, True)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll()  # data, or the writer came and went (POLLHUP, always reported)
 
 
 class _LineTooLong(Exception):  # noqa: N818 - internal: raised through csv.reader, caught in this module
@@ -97,13 +109,8 @@ class CsvRowSource:
             raise SourceError(f"source.path: cannot open {self._path}: {err.strerror or err}") from None
         mode = os.fstat(fd).st_mode
         if stat.S_ISFIFO(mode):
-            # a sensor feed through a named pipe: opened again, blocking, so that reads wait for the
-            # writer (a non-blocking read end sees "end of file" while no writer is connected)
-            os.close(fd)
-            try:
-                fd = os.open(self._path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except OSError as err:
-                raise SourceError(f"source.path: cannot open {self._path}: {err.strerror or err}") from None
+            # a sensor feed through a named pipe: read blocking, so that reads wait for the writer
+            _wait_for_writer(fd)
         elif not stat.S_ISREG(mode):
             os.close(fd)
             raise SourceError(f"source.path: {self._path} is {describe_kind(mode)}, not a regular file")

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.config import AgentConfig
+from edge_agent.config.source import CsvOptions
 from edge_agent.errors import ModelError, SourceError
 from edge_agent.pipeline import Fault, Inference, Outcome, Pipeline
 from edge_agent.postprocess.results import Classification, Values
@@ -26,7 +27,9 @@ def _sample_frames(path: str, pipeline: Pipeline, cfg: AgentConfig) -> list[Fram
     p = Path(path)
     if p.suffix.lower() == ".csv":
         names = tuple(f.name for f in pipeline.pre.features)
-        src = CsvRowSource(cfg.source.model_copy(update={"path": path, "loop": False}), feature_names=names)
+        # a CSV sample is read as a `csv` source would read it, whatever the configured kind
+        opts = CsvOptions(path=path, loop=False, delimiter=cfg.source.delimiter, columns=cfg.source.columns)
+        src = CsvRowSource(opts, feature_names=names)
         items: list[Frame | SourceProblem] = []
         while (item := src.read()) is not None:
             items.append(item)

@@ -40,7 +40,7 @@ def test_every_policy_delivers_each_image_in_order_with_problems_in_place(tmp_pa
     for n in names:
         (tmp_path / n).write_bytes((bundled / "digits_frames" / n).read_bytes())
     (tmp_path / names[5]).write_bytes(b"not a png")  # one bad file among them
-    cap = CaptureThread(ImageFolderSource(SourceConfig(kind="images", path=str(tmp_path))), "every")
+    cap = CaptureThread(ImageFolderSource(SourceConfig(kind="images", path=str(tmp_path)).options), "every")
     try:
         time.sleep(0.3)  # a slow consumer: with "every", nothing is skipped
         got = drain(cap)
@@ -55,7 +55,7 @@ class Recording:
     """A real synthetic source, with the lending watched: how many frames are out at once."""
 
     def __init__(self, **cfg: object) -> None:
-        self.inner = SyntheticSource(SourceConfig(kind="synthetic", width=64, height=48, **cfg))  # type: ignore[arg-type]
+        self.inner = SyntheticSource(SourceConfig(kind="synthetic", width=64, height=48, **cfg).options)  # type: ignore[arg-type]
         self.name = self.inner.name
         self.live = True
         self.out = 0

@@ -418,6 +418,33 @@ def test_csv_directory_or_device_is_refused_a_fifo_is_a_sensor_feed(tmp_path: Pa
     src.close()
 
 
+def test_csv_fifo_whose_writer_already_left_is_read_not_waited_on(tmp_path: Path) -> None:
+    """A writer that wrote its rows and closed before the source opened: the pipe holds them while
+    a read end is open, and the source reads them. (Opening the FIFO a second time, blocking,
+    waited forever for a writer that had already gone: the full suite hung on it under load.)"""
+    fifo = tmp_path / "rows.csv"
+    os.mkfifo(fifo)
+    holder = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a read end, so the writer need not wait
+    try:
+        with fifo.open("w") as w:
+            w.write("a,b\n1,2\n")
+        got: list[object] = []
+
+        def read_two() -> None:
+            src = open_source(SourceConfig(kind="csv", path=str(fifo)))
+            got.extend(src.read() for _ in range(2))
+            src.close()
+
+        reader = threading.Thread(target=read_two, daemon=True)
+        reader.start()
+        reader.join(30)  # a guard against a hang, not a timing assertion
+        assert not reader.is_alive(), "the source waits for a writer that has gone"
+        assert isinstance(got[0], Frame) and got[0].values is not None and list(got[0].values) == [1.0, 2.0]
+        assert got[1] is None  # the writer is gone: the feed has ended
+    finally:
+        os.close(holder)
+
+
 def test_csv_missing_column_with_a_huge_header_is_quoted_in_part(tmp_path: Path) -> None:
     path = tmp_path / "wide.csv"
     path.write_text(",".join(f"c{i}" for i in range(50_000)) + "\n")

@@ -1023,10 +1023,12 @@ def test_sensor_model_through_csv_source_and_vector_plan() -> None:
     spec = manifest()["models"]["sensor"]
     features = tuple(FeatureConfig(name=f["name"], mean=f["mean"], std=f["std"]) for f in spec["transform"]["features"])
     src = CsvRowSource(
-        SourceConfig(kind="csv", path=str(BUNDLED / spec["file"].replace(".tflite", "_heldout.csv"))),
+        SourceConfig(kind="csv", path=str(BUNDLED / spec["file"].replace(".tflite", "_heldout.csv"))).options,  # type: ignore[arg-type]
         feature_names=tuple(f.name for f in features),
     )
-    truth = CsvRowSource(SourceConfig(kind="csv", path=str(BUNDLED / "sensor_heldout.csv"), columns=("progression",)))
+    truth = CsvRowSource(
+        SourceConfig(kind="csv", path=str(BUNDLED / "sensor_heldout.csv"), columns=("progression",)).options  # type: ignore[arg-type]
+    )
     m = model("sensor")
     pp = Preprocessor(m.inputs[0], None, features)
     view = m.input_view(0)

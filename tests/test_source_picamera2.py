@@ -46,8 +46,10 @@ def _source(world: FakeWorld, **cfg: object) -> Picamera2Source:
     model_size = cfg.pop("model_size", None)
     model_order = cfg.pop("model_order", None)
     model_resize = cfg.pop("model_resize", None)
+    source = SourceConfig(kind="picamera2", **cfg)  # type: ignore[arg-type]
     return Picamera2Source(
-        SourceConfig(kind="picamera2", **cfg),  # type: ignore[arg-type]
+        source.options,  # type: ignore[arg-type]
+        fps=source.fps,
         model_size=model_size,  # type: ignore[arg-type]
         model_order=model_order,  # type: ignore[arg-type]
         model_resize=model_resize,  # type: ignore[arg-type]
@@ -451,7 +453,7 @@ def test_real_camera_delivers_zero_copy_frames_at_the_model_size() -> None:
     if not picamera2.Picamera2.global_camera_info():
         pytest.skip("picamera2 is installed but libcamera finds no camera")
     logging.getLogger("picamera2").setLevel(logging.WARNING)
-    src = Picamera2Source(SourceConfig(kind="picamera2", fps=30), model_size=(224, 224))
+    src = Picamera2Source(SourceConfig(kind="picamera2").options, fps=30, model_size=(224, 224))  # type: ignore[arg-type]
     try:
         held: list[Frame] = []
         t0 = time.monotonic()

@@ -29,7 +29,7 @@ class FreezingCamera:
     thawed = threading.Event()
 
     def __init__(self, cfg: SourceConfig, **_: Any) -> None:
-        self.inner = SyntheticSource(cfg)
+        self.inner = SyntheticSource(cfg.options)  # type: ignore[arg-type]
         self.name = "camera"
         FreezingCamera.opened += 1
 

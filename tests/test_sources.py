@@ -246,7 +246,7 @@ def test_csv_named_columns_select_and_order(tmp_path: Path) -> None:
 def test_csv_feature_names_used_when_no_columns(tmp_path: Path) -> None:
     p = tmp_path / "rows.csv"
     p.write_text("x,y,z\n1,2,3\n")
-    src = CsvRowSource(SourceConfig(kind="csv", path=str(p)), feature_names=("z", "x"))
+    src = CsvRowSource(SourceConfig(kind="csv", path=str(p)).options, feature_names=("z", "x"))  # type: ignore[arg-type]
     f = _frame(src.read())
     assert f.names == ("z", "x")
     np.testing.assert_array_equal(f.values, [3.0, 1.0])
@@ -255,7 +255,7 @@ def test_csv_feature_names_used_when_no_columns(tmp_path: Path) -> None:
 def test_csv_columns_override_feature_names(tmp_path: Path) -> None:
     p = tmp_path / "rows.csv"
     p.write_text("x,y,z\n1,2,3\n")
-    src = CsvRowSource(SourceConfig(kind="csv", path=str(p), columns=("y",)), feature_names=("z", "x"))
+    src = CsvRowSource(SourceConfig(kind="csv", path=str(p), columns=("y",)).options, feature_names=("z", "x"))  # type: ignore[arg-type]
     np.testing.assert_array_equal(_frame(src.read()).values, [2.0])
 
 

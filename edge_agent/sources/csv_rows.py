@@ -10,14 +10,16 @@ from __future__ import annotations
 import csv
 import math
 import os
+import select
 import stat
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
+import numpy.typing as npt
 
 from edge_agent.bounded import MAX_QUOTE_CHARS, describe_kind, quote_part
-from edge_agent.config import SourceConfig
+from edge_agent.config.source import CsvOptions
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import Frame, SourceProblem, Stamp
 
@@ -26,6 +28,17 @@ _MISSING = {"", "na", "nan", "null", "none"}
 # 10 MB header, a file that is not CSV) is that line's problem, quoted only in part
 MAX_LINE_CHARS = 1 << 20
 _SKIP_CHARS = 1 << 16  # the rest of a too-long line is read and dropped this much at a time
+
+
+def _wait_for_writer(fd: int) -> None:
+    """Make the read end of a FIFO blocking, and wait until its writer has been there: until then
+    a read is "end of file" (Linux's poll reports neither data nor a hang-up on a FIFO no writer
+    has opened yet). Opening the FIFO again, blocking, would wait forever for a writer that wrote
+    everything and left between the two opens, its rows held by the first."""
+    os.set_blocking(fd, True)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll()  # data, or the writer came and went (POLLHUP, always reported)
 
 
 class _LineTooLong(Exception):  # noqa: N818 - internal: raised through csv.reader, caught in this module
@@ -63,15 +76,25 @@ class _BoundedLines:
         raise _LineTooLong(self.line_num, head, length)
 
 
+def _cell_value(cell: str) -> float | str:
+    """A cell as a number (NaN when missing), or why it is not one."""
+    if cell.lower() in _MISSING:
+        return math.nan
+    try:
+        v = float(cell)
+    except ValueError:
+        return f"{cell[:30]!r} is not a number"
+    return v if math.isfinite(v) else f"{cell[:30]!r} is not a finite number"
+
+
 class CsvRowSource:
-    def __init__(self, cfg: SourceConfig, *, feature_names: tuple[str, ...] = ()) -> None:
-        assert cfg.path is not None
-        self._path = Path(cfg.path).expanduser()
+    def __init__(self, opts: CsvOptions, *, feature_names: tuple[str, ...] = ()) -> None:
+        self._path = Path(opts.path).expanduser()
         self.name = f"csv:{self._path.name}"
-        self._delimiter = cfg.delimiter
-        self._loop = cfg.loop
+        self._delimiter = opts.delimiter
+        self._loop = opts.loop
         self._stamp = Stamp()
-        self._wanted = cfg.columns or feature_names
+        self._wanted = opts.columns or feature_names
         self._open()
 
     def _open(self) -> None:
@@ -86,13 +109,8 @@ class CsvRowSource:
             raise SourceError(f"source.path: cannot open {self._path}: {err.strerror or err}") from None
         mode = os.fstat(fd).st_mode
         if stat.S_ISFIFO(mode):
-            # a sensor feed through a named pipe: opened again, blocking, so that reads wait for the
-            # writer (a non-blocking read end sees "end of file" while no writer is connected)
-            os.close(fd)
-            try:
-                fd = os.open(self._path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except OSError as err:
-                raise SourceError(f"source.path: cannot open {self._path}: {err.strerror or err}") from None
+            # a sensor feed through a named pipe: read blocking, so that reads wait for the writer
+            _wait_for_writer(fd)
         elif not stat.S_ISREG(mode):
             os.close(fd)
             raise SourceError(f"source.path: {self._path} is {describe_kind(mode)}, not a regular file")
@@ -133,42 +151,44 @@ class CsvRowSource:
 
     def read(self) -> Frame | SourceProblem | None:
         first = self._lines.line_num + 1
+        row = self._next_row(first)
+        # a file with no rows after its header has nothing to loop over
+        if row is None and self._loop and self._rows_since_open > 0:
+            self._fh.close()
+            self._open()
+            return self.read()
+        if not isinstance(row, list):
+            return row
+        self._rows_since_open += 1
+        where = self._where(first)
+        values = self._row_values(row)
+        if isinstance(values, str):
+            return SourceProblem(where, values)
+        seq, ts, mono = self._stamp.next()
+        return Frame(seq=seq, ts=ts, mono=mono, source=where, values=values, names=self._names)
+
+    def _next_row(self, first: int) -> list[str] | SourceProblem | None:
+        """The next row's cells, the problem of a line that is not one, or None at the end."""
         try:
-            row = next(self._reader, None)
+            return next(self._reader, None)
         except _LineTooLong as err:
             return SourceProblem(self._where(first), err.describe())
         except (csv.Error, UnicodeDecodeError) as err:
             return SourceProblem(self._where(first), f"unreadable CSV row: {quote_part(str(err))}")
-        if row is None:
-            if not self._loop or self._rows_since_open == 0:
-                # a file with no rows after its header has nothing to loop over
-                return None
-            self._fh.close()
-            self._open()
-            return self.read()
-        self._rows_since_open += 1
-        where = self._where(first)
+
+    def _row_values(self, row: list[str]) -> npt.NDArray[np.float64] | str:
+        """The wanted cells as float64 (NaN where missing), or why the row cannot be used."""
         if not any(cell.strip() for cell in row):
-            return SourceProblem(where, "empty row")
+            return "empty row"
         if len(row) != self._width:
-            return SourceProblem(where, f"row has {len(row)} cells, the header has {self._width}")
+            return f"row has {len(row)} cells, the header has {self._width}"
         values = np.empty(len(self._columns), dtype=np.float64)
         for i, col in enumerate(self._columns):
-            cell = row[col].strip()
-            if cell.lower() in _MISSING:
-                values[i] = math.nan
-                continue
-            try:
-                v = float(cell)
-            except ValueError:
-                return SourceProblem(where, f"column {quote_part(repr(self._names[i]))}: {cell[:30]!r} is not a number")
-            if not math.isfinite(v):
-                return SourceProblem(
-                    where, f"column {quote_part(repr(self._names[i]))}: {cell[:30]!r} is not a finite number"
-                )
+            v = _cell_value(row[col].strip())
+            if isinstance(v, str):
+                return f"column {quote_part(repr(self._names[i]))}: {v}"
             values[i] = v
-        seq, ts, mono = self._stamp.next()
-        return Frame(seq=seq, ts=ts, mono=mono, source=where, values=values, names=self._names)
+        return values
 
     def release(self, frame: Frame) -> None:
         """Nothing to give back: each row is a fresh small vector."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # how far into the file the header walkers of JPEG (APPn segments before the frame header) and
@@ -50,27 +51,10 @@ def read_image_size(data: bytes) -> ImageSize:
 
 
 def _dispatch(data: bytes) -> ImageSize:
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return _png(data)
-    if data.startswith(b"\xff\xd8"):
-        return _jpeg(data)
-    if data.startswith(b"BM"):
-        return _bmp(data)
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return _gif(data)
-    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
-        return _webp(data)
-    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return _tiff(data)
-    if data[:1] == b"P" and data[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6", b"F", b"f"):
-        return _pnm(data)
-    if data.startswith(b"P7"):
-        return _pam(data)
-    if data.startswith(b"\x59\xa6\x6a\x95"):
-        width, height = struct.unpack_from(">II", data, 4)
-        return ImageSize("Sun raster", width, height)
-    if data.startswith((b"#?RADIANCE", b"#?RGBE")):
-        return _hdr(data)
+    """The size from the header of the first format (in `_FORMATS` order) whose signature `data` has."""
+    for has_signature, read_size in _FORMATS:
+        if has_signature(data):
+            return read_size(data)
     raise ImageHeaderError(f"no {KNOWN_FORMATS} header (a size must be known before decoding)")
 
 
@@ -192,6 +176,11 @@ def _tiff(data: bytes) -> ImageSize:
     raise ImageHeaderError("TIFF without ImageWidth and ImageLength in its first directory")
 
 
+def _sun(data: bytes) -> ImageSize:
+    width, height = struct.unpack_from(">II", data, 4)
+    return ImageSize("Sun raster", width, height)
+
+
 _TOKEN = re.compile(rb"(?:\s|#[^\n]*\n?)*([^\s#]+)")
 
 
@@ -233,3 +222,18 @@ def _hdr(data: bytes) -> ImageSize:
         raise ImageHeaderError("Radiance HDR header without its resolution line")
     sizes = {m.group(2): int(m.group(3)), m.group(5): int(m.group(6))}
     return ImageSize("Radiance HDR", sizes[b"X"], sizes[b"Y"])
+
+
+# (signature test, size reader) per format, tried in this order
+_FORMATS: tuple[tuple[Callable[[bytes], bool], Callable[[bytes], ImageSize]], ...] = (
+    (lambda d: d.startswith(b"\x89PNG\r\n\x1a\n"), _png),
+    (lambda d: d.startswith(b"\xff\xd8"), _jpeg),
+    (lambda d: d.startswith(b"BM"), _bmp),
+    (lambda d: d.startswith((b"GIF87a", b"GIF89a")), _gif),
+    (lambda d: d.startswith(b"RIFF") and d[8:12] == b"WEBP", _webp),
+    (lambda d: d[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), _tiff),
+    (lambda d: d[:1] == b"P" and d[1:2] in (b"1", b"2", b"3", b"4", b"5", b"6", b"F", b"f"), _pnm),
+    (lambda d: d.startswith(b"P7"), _pam),
+    (lambda d: d.startswith(b"\x59\xa6\x6a\x95"), _sun),
+    (lambda d: d.startswith((b"#?RADIANCE", b"#?RGBE")), _hdr),
+)

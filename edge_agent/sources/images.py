@@ -9,11 +9,10 @@ import cv2
 import numpy as np
 
 from edge_agent.bounded import FileReadError, quote_part, read_bytes_bounded
-from edge_agent.config import SourceConfig
-from edge_agent.config.source import DEFAULT_MAX_PIXELS
+from edge_agent.config.source import DEFAULT_MAX_PIXELS, ImagesOptions
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import Frame, SourceProblem, Stamp, frame_from_pixels
-from edge_agent.sources.image_header import ImageHeaderError, read_image_size
+from edge_agent.sources.image_header import ImageHeaderError, ImageSize, read_image_size
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -70,6 +69,17 @@ def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
     header declares is checked against `max_pixels` before the decoder allocates it, and an
     error OpenCV raises (its own pixel limit, a corrupt stream) is caught, so one bad file never
     ends or restarts the source."""
+    raw = _read_whole(path, max_pixels)
+    if isinstance(raw, str):
+        return raw
+    size = _declared_size(path, raw, max_pixels)
+    if isinstance(size, str):
+        return size
+    return _decode(path, raw, size, max_pixels)
+
+
+def _read_whole(path: Path, max_pixels: int) -> bytes | str:
+    """The file's bytes, or why they cannot be an image: unreadable, too large, empty, cut short."""
     try:
         raw = read_bytes_bounded(path, what="image", max_bytes=max_image_bytes(max_pixels))
     except OSError as err:
@@ -78,8 +88,11 @@ def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
     if not raw:
         return f"{path.name} is empty"
     cut = incomplete_reason(raw[:16], raw[-TAIL_BYTES:], len(raw))
-    if cut is not None:
-        return f"{path.name} is a {cut}"
+    return raw if cut is None else f"{path.name} is a {cut}"
+
+
+def _declared_size(path: Path, raw: bytes, max_pixels: int) -> ImageSize | str:
+    """The size the header declares, or why the image is not decoded: no header we can read, too large."""
     try:
         size = read_image_size(raw)
     except ImageHeaderError as err:
@@ -89,6 +102,11 @@ def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray
             f"{path.name} is a {size.format} of {size.width}×{size.height} = {size.pixels / 1e6:.1f} megapixels, "
             f"more than source.max_pixels = {max_pixels} ({max_pixels / 1e6:g} MP): not decoded"
         )
+    return size
+
+
+def _decode(path: Path, raw: bytes, size: ImageSize, max_pixels: int) -> np.ndarray | str:
+    """The decoded BGR image, or why OpenCV would not give one."""
     try:
         img = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as err:
@@ -118,14 +136,13 @@ def _opencv_reason(err: Exception) -> str:
 
 
 class ImageFolderSource:
-    def __init__(self, cfg: SourceConfig) -> None:
-        assert cfg.path is not None
-        self.name = f"images:{cfg.path}"
-        self._files = list_images(cfg.path)
+    def __init__(self, opts: ImagesOptions, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.name = f"images:{opts.path}"
+        self._files = list_images(opts.path)
         if not self._files:
-            raise SourceError(f"source.path: no JPEG/PNG/BMP images match {cfg.path}")
-        self._loop = cfg.loop
-        self._max_pixels = cfg.max_pixels
+            raise SourceError(f"source.path: no JPEG/PNG/BMP images match {opts.path}")
+        self._loop = opts.loop
+        self._max_pixels = max_pixels
         self._next = 0
         self._stamp = Stamp()
 

@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.config import SourceConfig
+from edge_agent.config.source import DEFAULT_MAX_PIXELS, ImagesOptions
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import (
     MAX_WAIT_S,
@@ -80,17 +80,16 @@ def _known_format(head: bytes) -> bool:
 
 
 class WatchedFolderSource:
-    def __init__(self, cfg: SourceConfig) -> None:
-        assert cfg.path is not None
-        self._folder = Path(cfg.path).expanduser()
+    def __init__(self, opts: ImagesOptions, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self._folder = Path(opts.path).expanduser()
         if not self._folder.is_dir():
             raise SourceError(f"source.path: {self._folder} is not a folder (images_watch = true needs one)")
         self.name = f"images:{self._folder}"
-        self._after = cfg.images_after
+        self._after = opts.after
         self._move_to: Path | None = None
-        if cfg.images_after == "move":
-            assert cfg.images_move_to is not None
-            self._move_to = Path(cfg.images_move_to).expanduser()
+        if opts.after == "move":
+            assert opts.move_to is not None  # ImagesOptions asks for it with after = "move"
+            self._move_to = Path(opts.move_to).expanduser()
             if self._move_to.resolve() == self._folder.resolve():
                 raise SourceError("source.images_move_to: must not be the watched folder itself")
             try:
@@ -99,8 +98,8 @@ class WatchedFolderSource:
                 raise SourceError(
                     f"source.images_move_to: cannot create {self._move_to}: {err.strerror or err}"
                 ) from None
-        self._settle = cfg.images_settle_s
-        self._max_pixels = cfg.max_pixels
+        self._settle = opts.settle_s
+        self._max_pixels = max_pixels
         self._stamp = Stamp()
         self._taken: dict[str, _Version] = {}  # name → the version already taken
         self._pending: dict[str, _Pending] = {}  # name → a version not yet complete

@@ -36,7 +36,8 @@ import paho.mqtt.client as mqtt
 
 from edge_agent.bounded import quote_part
 from edge_agent.bounded_json import MAX_FLOAT_TEXT_CHARS, JsonLimitError, loads_bounded
-from edge_agent.config import MqttConfig, SourceConfig
+from edge_agent.config import MqttConfig
+from edge_agent.config.source import MqttOptions
 from edge_agent.mqtt.link import connect_async, describe_connect_error, load_credentials, load_tls, make_client
 from edge_agent.sources.base import MAX_WAIT_S, NO_FRAME_YET, Frame, NoFrameYet, SourceProblem, Stamp
 
@@ -69,34 +70,37 @@ class RowParser:
         self._index = {n: i for i, n in enumerate(names)}
 
     def parse(self, payload: bytes) -> Row | str:
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError as err:
-            return f"message is not UTF-8 text (byte {err.start})"
-        try:
-            # numbers and nesting within limits (a 5,000-digit integer is a reason, not a ValueError);
-            # every value becomes a float, whose range is judged below
-            doc = loads_bounded(text, max_number_chars=MAX_FLOAT_TEXT_CHARS)
-        except JsonLimitError as err:
-            return f"message {err}"
+        doc = _json_document(payload)
+        if isinstance(doc, _Unreadable):
+            return doc.reason
         if isinstance(doc, list):
             return self._positional(doc, None)
         if not isinstance(doc, dict):
             return f'expected a JSON array, {{"values": [...]}} or an object of feature values, got {_kind(doc)}'
-        ts: float | None = None
-        if "ts" in doc and "ts" not in self._index:
-            t = doc.pop("ts")
-            if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < float(t) < _MAX_TS:
-                return f"ts: {_show(t)} is not a time in seconds since the epoch"
-            ts = float(t)
+        ts = self._take_ts(doc)
+        if isinstance(ts, str):
+            return ts
         if "values" in doc and "values" not in self._index:
-            extra = sorted(k for k in doc if k != "values")
-            if extra:
-                return f"unexpected key(s) beside values: {quote_part(', '.join(map(repr, extra[:5])))}"
-            if not isinstance(doc["values"], list):
-                return f"values: expected an array, got {_kind(doc['values'])}"
-            return self._positional(doc["values"], ts)
+            return self._values_form(doc, ts)
         return self._by_name(doc, ts)
+
+    def _take_ts(self, doc: dict[str, Any]) -> float | str | None:
+        """The sensor's time, taken out of `doc` (None: not given, or `ts` is a feature), or why it is not one."""
+        if "ts" not in doc or "ts" in self._index:
+            return None
+        t = doc.pop("ts")
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < float(t) < _MAX_TS:
+            return f"ts: {_show(t)} is not a time in seconds since the epoch"
+        return float(t)
+
+    def _values_form(self, doc: dict[str, Any], ts: float | None) -> Row | str:
+        """`{"values": [...]}`, with nothing else beside it (the ts is already taken)."""
+        extra = sorted(k for k in doc if k != "values")
+        if extra:
+            return f"unexpected key(s) beside values: {quote_part(', '.join(map(repr, extra[:5])))}"
+        if not isinstance(doc["values"], list):
+            return f"values: expected an array, got {_kind(doc['values'])}"
+        return self._positional(doc["values"], ts)
 
     def _positional(self, items: list[Any], ts: float | None) -> Row | str:
         if self.names and len(items) != len(self.names):
@@ -132,6 +136,25 @@ class RowParser:
         return Row(out, ts)
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    reason: str
+
+
+def _json_document(payload: bytes) -> Any:
+    """The message's JSON document, or `_Unreadable` (a document may itself be a string)."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return _Unreadable(f"message is not UTF-8 text (byte {err.start})")
+    try:
+        # numbers and nesting within limits (a 5,000-digit integer is a reason, not a ValueError);
+        # every value becomes a float, whose range is judged by the row's parser
+        return loads_bounded(text, max_number_chars=MAX_FLOAT_TEXT_CHARS)
+    except JsonLimitError as err:
+        return _Unreadable(f"message {err}")
+
+
 def _number(v: Any) -> float | str:
     """A finite float, NaN for null, or why not."""
     if v is None:
@@ -160,17 +183,16 @@ def _show(v: Any) -> str:
 
 class MqttSensorSource:
     def __init__(
-        self, cfg: SourceConfig, broker: MqttConfig, *, client_id: str, feature_names: tuple[str, ...] = ()
+        self, opts: MqttOptions, broker: MqttConfig, *, client_id: str, feature_names: tuple[str, ...] = ()
     ) -> None:
-        assert cfg.topic is not None
-        self._topic = cfg.topic
-        self._qos = cfg.mqtt_qos
+        self._topic = opts.topic
+        self._qos = opts.qos
         self._broker = broker
-        self.name = f"mqtt:{cfg.topic}"
-        self._parser = RowParser(tuple(cfg.columns or feature_names))
+        self.name = f"mqtt:{opts.topic}"
+        self._parser = RowParser(tuple(opts.columns or feature_names))
         self._limit = broker.max_incoming_kb * 1024
         self._stamp = Stamp()
-        self._capacity = cfg.mqtt_queue
+        self._capacity = opts.queue
         self._queue: deque[_Message | SourceProblem] = deque()
         self._cond = threading.Condition()
         self._dropped = 0  # messages dropped and not reported yet

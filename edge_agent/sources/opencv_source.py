@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from edge_agent.config import SourceConfig
+from edge_agent.config.source import OpenCvOptions
 from edge_agent.errors import SourceError, SourceStalledError
 from edge_agent.sources.base import MIN_LENT, Frame, SourceProblem, Stamp, frame_from_pixels
 
@@ -58,14 +58,14 @@ class Target:
     label: str  # for names and messages: never holds a password
 
     @classmethod
-    def of(cls, cfg: SourceConfig) -> Target:
-        if cfg.device is not None:
-            label = f"/dev/video{cfg.device}" if isinstance(cfg.device, int) else cfg.device
-            return cls("device", cfg.device, label)
-        if cfg.url is not None:
-            return cls("stream", cfg.url, redact_url(cfg.url))
-        assert cfg.path is not None  # the config's validator asks for exactly one of the three
-        path = str(Path(cfg.path).expanduser())
+    def of(cls, opts: OpenCvOptions) -> Target:
+        if opts.device is not None:
+            label = f"/dev/video{opts.device}" if isinstance(opts.device, int) else opts.device
+            return cls("device", opts.device, label)
+        if opts.url is not None:
+            return cls("stream", opts.url, redact_url(opts.url))
+        assert opts.path is not None  # OpenCvOptions asks for exactly one of the three
+        path = str(Path(opts.path).expanduser())
         return cls("file", path, path)
 
 
@@ -83,24 +83,24 @@ def _open_file(path: str) -> cv2.VideoCapture:
     return cap
 
 
-def _open_stream(url: str, label: str, cfg: SourceConfig) -> cv2.VideoCapture:
+def _open_stream(url: str, label: str, opts: OpenCvOptions) -> cv2.VideoCapture:
     # without the timeouts FFmpeg may wait forever on a host that accepts and never answers
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-        int(cfg.opencv_open_timeout_s * 1000),
+        int(opts.open_timeout_s * 1000),
         cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-        int(cfg.opencv_read_timeout_s * 1000),
+        int(opts.read_timeout_s * 1000),
     ]
     cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, params)
     if not cap.isOpened():
         raise SourceError(
-            f"source.url: cannot open {label} within {cfg.opencv_open_timeout_s:g} s "
+            f"source.url: cannot open {label} within {opts.open_timeout_s:g} s "
             "(refused, unreachable, not a video stream, or wrong credentials)"
         )
     return cap
 
 
-def _open_device(device: int | str, label: str, cfg: SourceConfig) -> cv2.VideoCapture:
+def _open_device(device: int | str, label: str, opts: OpenCvOptions) -> cv2.VideoCapture:
     if isinstance(device, str):
         if not Path(device).exists():
             raise SourceError(f"source.device: no such device {device} (unplugged?)")
@@ -110,26 +110,26 @@ def _open_device(device: int | str, label: str, cfg: SourceConfig) -> cv2.VideoC
     if not cap.isOpened():
         raise SourceError(f"source.device: cannot open {label} as a V4L2 camera (unplugged, busy or not a camera)")
     # the format first: the sizes and rates a camera offers depend on it
-    if cfg.opencv_fourcc is not None:
-        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*cfg.opencv_fourcc))
-    if cfg.opencv_capture_size is not None:
-        cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.opencv_capture_size[0])
-        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.opencv_capture_size[1])
-    if cfg.opencv_capture_fps is not None:
-        cap.set(cv2.CAP_PROP_FPS, cfg.opencv_capture_fps)
+    if opts.fourcc is not None:
+        cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter.fourcc(*opts.fourcc))
+    if opts.capture_size is not None:
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, opts.capture_size[0])
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, opts.capture_size[1])
+    if opts.capture_fps is not None:
+        cap.set(cv2.CAP_PROP_FPS, opts.capture_fps)
     # a camera picks the nearest mode it has: say what it picked rather than fail
     got = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    if cfg.opencv_capture_size is not None and got != cfg.opencv_capture_size:
-        log.warning("%s: asked for %dx%d, the camera delivers %dx%d", label, *cfg.opencv_capture_size, *got)
+    if opts.capture_size is not None and got != opts.capture_size:
+        log.warning("%s: asked for %dx%d, the camera delivers %dx%d", label, *opts.capture_size, *got)
     # bounds a read on a camera that stops delivering (ignored by builds without it)
-    cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cfg.opencv_read_timeout_s * 1000))
+    cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(opts.read_timeout_s * 1000))
     return cap
 
 
 class OpenCvSource:
-    def __init__(self, cfg: SourceConfig) -> None:
-        self._cfg = cfg
-        self._target = Target.of(cfg)
+    def __init__(self, opts: OpenCvOptions) -> None:
+        self._opts = opts
+        self._target = Target.of(opts)
         self.name = f"opencv:{self._target.label}"
         # cameras and streams are live (the agent takes the newest frame); a file's every frame counts
         self.live = self._target.kind != "file"
@@ -153,9 +153,9 @@ class OpenCvSource:
                 cap = _open_file(t.location)
             elif t.kind == "stream":
                 assert isinstance(t.location, str)
-                cap = _open_stream(t.location, t.label, self._cfg)
+                cap = _open_stream(t.location, t.label, self._opts)
             else:
-                cap = _open_device(t.location, t.label, self._cfg)
+                cap = _open_device(t.location, t.label, self._opts)
         except cv2.error as err:
             raise SourceError(f"{t.label}: OpenCV cannot open it: {_first_line(err)}") from None
         # what a file's header promises, to tell a truncated file from its end
@@ -166,7 +166,7 @@ class OpenCvSource:
     # ---- reading --------------------------------------------------------------------------
     def read(self) -> Frame | SourceProblem | None:
         if self._ended:
-            if not self._cfg.loop:
+            if not self._opts.loop:
                 return None
             self._restart_file()
         if self._cap is None:
@@ -209,10 +209,10 @@ class OpenCvSource:
         self.counters["read_failures"] += 1
         self._close_capture()
         what = "stream" if t.kind == "stream" else "camera"
-        if took_s >= STALL_SHARE * self._cfg.opencv_read_timeout_s:
+        if took_s >= STALL_SHARE * self._opts.read_timeout_s:
             raise SourceStalledError(
                 f"{t.label}: no frame for {took_s:.1f} s (source.opencv_read_timeout_s = "
-                f"{self._cfg.opencv_read_timeout_s:g}): the {what} stalled"
+                f"{self._opts.read_timeout_s:g}): the {what} stalled"
             )
         cause = "the connection closed" if t.kind == "stream" else "the camera was unplugged or failed"
         raise SourceError(f"{t.label}: the {what} stopped after {self._pass_frames} frame(s) ({cause})")
@@ -231,7 +231,7 @@ class OpenCvSource:
                 f"the video ended after {n} of the {expected} frames its header announces: "
                 "the file is truncated or damaged",
             )
-        return None if not self._cfg.loop else self.read()
+        return None if not self._opts.loop else self.read()
 
     def _restart_file(self) -> None:
         # reopened rather than rewound: a file replaced in place is picked up, a deleted one noticed

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
-from edge_agent.config import SourceConfig
+from edge_agent.config.source import Picamera2Options
 from edge_agent.errors import SourceError, SourceStalledError
 from edge_agent.sources.base import MIN_LENT, Frame, PixelOrder, SourceProblem, Stamp, frame_from_pixels
 
@@ -103,7 +103,7 @@ def sensor_aspect_size(sensor: tuple[int, int] | None, at_least: tuple[int, int]
 
 
 def plan_stream(
-    cfg: SourceConfig,
+    opts: Picamera2Options,
     *,
     model_size: tuple[int, int] | None,
     model_order: PixelOrder | None,
@@ -119,14 +119,14 @@ def plan_stream(
     fmt = FORMAT_FOR_ORDER[order]
     isp_can = model_resize in (None, "center_crop") or (model_resize == "stretch" and can_stretch)
     preserve_ar = True
-    if cfg.picamera2_size is not None:  # an explicit size wins
-        size = cfg.picamera2_size
+    if opts.size is not None:  # an explicit size wins
+        size = opts.size
     elif model_size is not None and min(model_size) >= 1 and isp_can:
         size = even_size(model_size)
         preserve_ar = model_resize != "stretch"
     else:
         size = sensor_aspect_size(sensor_size, (DEFAULT_SIZE[0], 2))
-    if cfg.picamera2_stream == "main":
+    if opts.stream == "main":
         return StreamPlan("main", size, fmt, order, preserve_ar)
     # lores is scaled from main's crop and may not be larger than main: main (YUV420, the cheapest
     # format, read by nothing here) keeps the sensor's aspect ratio, so a stretch is a stretch of
@@ -159,20 +159,22 @@ def frame_view(buf: npt.NDArray[np.uint8], size: tuple[int, int], stride: int) -
 class Picamera2Source:
     def __init__(
         self,
-        cfg: SourceConfig,
+        opts: Picamera2Options,
         *,
+        fps: float | None = None,
         model_size: tuple[int, int] | None = None,
         model_order: PixelOrder | None = None,
         model_resize: ModelResize | None = None,
         camera_factory: Callable[[], Picamera2Api] | None = None,
     ) -> None:
-        """`model_size` (width, height), `model_order` and `model_resize` describe the model's input
+        """`fps`: the agent's `source.fps` (the camera is asked for no more frames than that);
+        `model_size` (width, height), `model_order` and `model_resize` describe the model's input
         and training transform (None: not known); the camera delivers frames that way when it can."""
         self._api = (camera_factory or import_picamera2)()
         self.live = True  # the agent takes the newest frame (read in a capture thread)
-        self._num = cfg.picamera2_camera
-        self._fps = cfg.fps
-        self._stall_frames = cfg.picamera2_stall_frames
+        self._num = opts.camera
+        self._fps = fps
+        self._stall_frames = opts.stall_frames
         self._stamp = Stamp()
         self._lent: dict[int, ExitStack] = {}
         self._delivered = 0
@@ -180,7 +182,7 @@ class Picamera2Source:
         try:
             sensor = getattr(self._cam, "sensor_resolution", None)
             self.plan = plan_stream(
-                cfg,
+                opts,
                 model_size=model_size,
                 model_order=model_order,
                 model_resize=model_resize,

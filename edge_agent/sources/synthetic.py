@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_agent.config import SourceConfig
+from edge_agent.config.source import SyntheticOptions
 from edge_agent.sources.base import Frame, SlotPool, SourceProblem, Stamp, frame_from_pixels
 
 
 class SyntheticSource:
-    def __init__(self, cfg: SourceConfig) -> None:
-        self.name = f"synthetic:{cfg.pattern}:{cfg.width}x{cfg.height}"
-        self._pattern = cfg.pattern
-        self._rng = np.random.default_rng(cfg.seed)
+    def __init__(self, opts: SyntheticOptions) -> None:
+        self.name = f"synthetic:{opts.pattern}:{opts.width}x{opts.height}"
+        self._pattern = opts.pattern
+        self._rng = np.random.default_rng(opts.seed)
         # preallocated slots: a frame handed out stays intact until it is released
-        self._slots = SlotPool((cfg.height, cfg.width, 3))
+        self._slots = SlotPool((opts.height, opts.width, 3))
         self._stamp = Stamp()
         self._n = 0
-        size = cfg.height * cfg.width * 3
+        size = opts.height * opts.width * 3
         self._pool = (
             self._rng.integers(0, 256, size=2 * size, dtype=np.uint8)
-            if cfg.pattern == "noise"
+            if opts.pattern == "noise"
             else np.empty(0, np.uint8)
         )
 

@@ -79,6 +79,29 @@ def _format_name(tag: int) -> str:
     return f"format 0x{tag:04X}" + (f" ({_KNOWN[tag]})" if tag in _KNOWN else "")
 
 
+def _check_channels_and_rate(channels: int, rate: int) -> None:
+    if channels == 0:
+        raise WavFormatError("the header says 0 channels")
+    if channels > MAX_CHANNELS:
+        raise WavFormatError(f"the header says {channels} channels (at most {MAX_CHANNELS} are read)")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise WavFormatError(
+            f"the header says a sample rate of {rate} Hz (a recording's is from {MIN_RATE} to {MAX_RATE} Hz)"
+        )
+
+
+# the sample formats read: format tag → (its name, the sample sizes read, as the error says them)
+_SAMPLE_BITS = {PCM: ("PCM", (8, 16, 24, 32), "8, 16, 24 or 32 bits"), IEEE_FLOAT: ("float", (32, 64), "32 or 64 bits")}
+
+
+def _check_sample_format(tag: int, bits: int) -> None:
+    if tag not in _SAMPLE_BITS:
+        raise WavFormatError(f"{_format_name(tag)} is not supported: convert it to PCM or float WAV")
+    name, sizes, said = _SAMPLE_BITS[tag]
+    if bits not in sizes:
+        raise WavFormatError(f"{bits}-bit {name} is not supported ({said})")
+
+
 def _parse_fmt(body: bytes) -> tuple[int, int, int, int]:
     """(format tag, channels, rate, bits) from a fmt chunk, the extensible sub-format resolved."""
     if len(body) < 16:
@@ -90,22 +113,8 @@ def _parse_fmt(body: bytes) -> tuple[int, int, int, int]:
         # the sub-format GUID starts with the plain format tag; fewer valid bits than the
         # container (20 in 24) need nothing special: the unused low bits are zero
         tag = struct.unpack_from("<H", body, 24)[0]
-    if channels == 0:
-        raise WavFormatError("the header says 0 channels")
-    if channels > MAX_CHANNELS:
-        raise WavFormatError(f"the header says {channels} channels (at most {MAX_CHANNELS} are read)")
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise WavFormatError(
-            f"the header says a sample rate of {rate} Hz (a recording's is from {MIN_RATE} to {MAX_RATE} Hz)"
-        )
-    if tag == PCM:
-        if bits not in (8, 16, 24, 32):
-            raise WavFormatError(f"{bits}-bit PCM is not supported (8, 16, 24 or 32 bits)")
-    elif tag == IEEE_FLOAT:
-        if bits not in (32, 64):
-            raise WavFormatError(f"{bits}-bit float is not supported (32 or 64 bits)")
-    else:
-        raise WavFormatError(f"{_format_name(tag)} is not supported: convert it to PCM or float WAV")
+    _check_channels_and_rate(channels, rate)
+    _check_sample_format(tag, bits)
     if block_align != channels * bits // 8:
         raise WavFormatError(
             f"block align {block_align} does not match {channels} channel(s) of {bits} bits ({channels * bits // 8})"
@@ -115,11 +124,7 @@ def _parse_fmt(body: bytes) -> tuple[int, int, int, int]:
 
 def read_header(fh: BinaryIO, size: int) -> WavInfo:
     """Walk the RIFF chunks up to `data`; `size` is the file's length in bytes."""
-    head = fh.read(12)
-    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:12] != b"WAVE":
-        raise WavFormatError("not a WAV file (no RIFF/WAVE header)")
-    if head[:4] != b"RIFF":
-        raise WavFormatError(f"{head[:4].decode()} WAV files are not supported (only little-endian RIFF)")
+    _check_riff(fh.read(12))
     fmt: tuple[int, int, int, int] | None = None
     pos = 12
     while True:
@@ -128,34 +133,50 @@ def read_header(fh: BinaryIO, size: int) -> WavInfo:
             raise WavFormatError("no data chunk" if fmt is not None else "no fmt chunk")
         cid, csize = chunk[:4], struct.unpack("<I", chunk[4:])[0]
         pos += 8
+        if cid == b"data":
+            return _data_info(fmt, pos, csize, size)
         if cid == b"fmt ":
-            if csize > 1024:
-                raise WavFormatError(f"fmt chunk of {csize} bytes is implausibly large")
-            body = fh.read(csize)
-            if len(body) < csize:
-                raise WavFormatError("the file ends inside the fmt chunk")
-            fmt = _parse_fmt(body)
-        elif cid == b"data":
-            if fmt is None:
-                raise WavFormatError("data chunk comes before the fmt chunk")
-            tag, channels, rate, bits = fmt
-            block = channels * bits // 8
-            held = max(0, min(csize, size - pos))
-            return WavInfo(
-                rate=rate,
-                channels=channels,
-                bits=bits,
-                is_float=tag == IEEE_FLOAT,
-                data_offset=pos,
-                data_bytes=held - held % block,
-                declared_bytes=csize,
-            )
+            fmt = _parse_fmt(_read_fmt_body(fh, csize))
         else:
             fh.seek(csize, 1)
         pos += csize + (csize & 1)  # chunks are padded to an even length
         if pos > size:
             raise WavFormatError("no data chunk" if fmt is not None else "no fmt chunk")
         fh.seek(pos)
+
+
+def _check_riff(head: bytes) -> None:
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX", b"RF64") or head[8:12] != b"WAVE":
+        raise WavFormatError("not a WAV file (no RIFF/WAVE header)")
+    if head[:4] != b"RIFF":
+        raise WavFormatError(f"{head[:4].decode()} WAV files are not supported (only little-endian RIFF)")
+
+
+def _read_fmt_body(fh: BinaryIO, csize: int) -> bytes:
+    if csize > 1024:
+        raise WavFormatError(f"fmt chunk of {csize} bytes is implausibly large")
+    body = fh.read(csize)
+    if len(body) < csize:
+        raise WavFormatError("the file ends inside the fmt chunk")
+    return body
+
+
+def _data_info(fmt: tuple[int, int, int, int] | None, pos: int, csize: int, size: int) -> WavInfo:
+    """The data chunk of `csize` declared bytes at `pos`, as much of it as a file of `size` bytes holds."""
+    if fmt is None:
+        raise WavFormatError("data chunk comes before the fmt chunk")
+    tag, channels, rate, bits = fmt
+    block = channels * bits // 8
+    held = max(0, min(csize, size - pos))
+    return WavInfo(
+        rate=rate,
+        channels=channels,
+        bits=bits,
+        is_float=tag == IEEE_FLOAT,
+        data_offset=pos,
+        data_bytes=held - held % block,
+        declared_bytes=csize,
+    )
 
 
 class WavReader:

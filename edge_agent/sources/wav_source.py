@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.bounded import quote_part
-from edge_agent.config import SourceConfig
+from edge_agent.config.source import WavOptions
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import MIN_LENT, Frame, SourceProblem, Stamp
 from edge_agent.sources.wav_reader import WavFormatError, WavReader
@@ -59,16 +59,15 @@ def seconds_label(t: float) -> str:
     return s + "0" if s.endswith(".") else s
 
 
-def window_length(cfg: SourceConfig, input_length: int | None) -> int:
-    rate = cfg.wav_sample_rate
-    assert rate is not None  # the config requires it for kind "wav"
-    if cfg.wav_window_s is not None:
-        n = round(cfg.wav_window_s * rate)
+def window_length(opts: WavOptions, input_length: int | None) -> int:
+    rate = opts.sample_rate
+    if opts.window_s is not None:
+        n = round(opts.window_s * rate)
         if n < 1:
-            raise SourceError(f"source.wav_window_s = {cfg.wav_window_s:g} s is less than one sample at {rate} Hz")
+            raise SourceError(f"source.wav_window_s = {opts.window_s:g} s is less than one sample at {rate} Hz")
         if input_length is not None and n != input_length:
             raise SourceError(
-                f"source.wav_window_s = {cfg.wav_window_s:g} s is {n} samples at {rate} Hz, "
+                f"source.wav_window_s = {opts.window_s:g} s is {n} samples at {rate} Hz, "
                 f"but the model takes {input_length} samples ({input_length / rate:g} s)"
             )
         return n
@@ -123,18 +122,17 @@ class _Fifo:
 
 
 class WavSource:
-    def __init__(self, cfg: SourceConfig, *, input_length: int | None = None) -> None:
-        assert cfg.path is not None and cfg.wav_sample_rate is not None
-        self.name = f"wav:{cfg.path}"
-        self._rate = cfg.wav_sample_rate
-        self._window = window_length(cfg, input_length)
-        self._hop = max(1, round(cfg.wav_hop_s * self._rate)) if cfg.wav_hop_s is not None else self._window
-        self._scale = SCALES[cfg.wav_scale]
-        self._pad_last = cfg.wav_pad_last
-        self._loop = cfg.loop
-        self._files = list_wavs(cfg.path)
+    def __init__(self, opts: WavOptions, *, input_length: int | None = None) -> None:
+        self.name = f"wav:{opts.path}"
+        self._rate = opts.sample_rate
+        self._window = window_length(opts, input_length)
+        self._hop = max(1, round(opts.hop_s * self._rate)) if opts.hop_s is not None else self._window
+        self._scale = SCALES[opts.scale]
+        self._pad_last = opts.pad_last
+        self._loop = opts.loop
+        self._files = list_wavs(opts.path)
         if not self._files:
-            raise SourceError(f"source.path: no WAV files match {cfg.path}")
+            raise SourceError(f"source.path: no WAV files match {opts.path}")
         self._stamp = Stamp()
         # one slot more than a caller may hold, so a free one is always there
         self._slots = [np.zeros(self._window, dtype=np.float64) for _ in range(MIN_LENT + 1)]

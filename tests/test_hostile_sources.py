@@ -1,6 +1,6 @@
 """Hostile and unlucky source files (issue 16, items 4, 5, 6, 9 and 12c): each generated here,
 small, and fed to the real agent on a real mosquitto, with the agent's peak RSS taken from the
-kernel (`wait4`'s ru_maxrss of the agent process) where memory was the problem. Plus unit tests
+kernel (the agent process's VmHWM) where memory was the problem. Plus unit tests
 of the image header reader on real encoded images of every format it reads, and of the WAV
 header checks."""
 
@@ -68,29 +68,46 @@ def png_of_zeros(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
 
 
+def vm_hwm_mb(pid: int) -> float:
+    """The process's own peak resident memory (VmHWM), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
 def run_measured(config: Path, *, timeout: float = 90.0) -> tuple[int, str, float]:
-    """Run the agent to its end: (exit code, output, peak RSS in MB of the agent process itself,
-    from the kernel's accounting of that one child, not sampled)."""
+    """Run the agent to its end: (exit code, output, peak RSS in MB of the agent process itself).
+
+    The peak is the kernel's high-water mark of the agent's own memory (VmHWM), read until it
+    exits: a high-water mark, so the last read holds the peak up to then. Not wait4's ru_maxrss:
+    Linux carries the forking process's resident size across exec into it, so from a pytest
+    process that has grown (other tests' models) it reports the test runner's size, not the agent's."""
     log = config.with_suffix(".log")
+    peak = 0.0
     with log.open("wb") as out:
         proc = subprocess.Popen(
             agent_command(config), cwd=REPO, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT
         )
         deadline = time.monotonic() + timeout
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            peak = max(peak, vm_hwm_mb(proc.pid))
+            pid, status, _usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             if time.monotonic() > deadline:
                 proc.kill()
-                _, status, usage = os.wait4(proc.pid, 0)
+                _, status, _usage = os.wait4(proc.pid, 0)
                 proc.returncode = -9
                 raise AssertionError(
                     f"the agent did not end within {timeout} s:\n{log.read_text(errors='replace')[-3000:]}"
                 )
-            time.sleep(0.05)
+            time.sleep(0.02)
         proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, log.read_text(errors="replace"), usage.ru_maxrss / 1024
+    return proc.returncode, log.read_text(errors="replace"), peak
 
 
 def digits_model(bundled: Path) -> dict[str, Any]:

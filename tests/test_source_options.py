@@ -321,6 +321,7 @@ def test_every_key_of_another_kind_is_named_one_line_each() -> None:
     ]
 
 
+@pytest.mark.e2e  # starts the CLI
 def test_config_validate_exits_2_with_the_key_and_the_kind(tmp_path: Path) -> None:
     p = tmp_path / "agent.toml"
     p.write_text('[source]\nkind = "csv"\npath = "rows.csv"\nmqtt_qos = 1\n[model]\npath = "m.tflite"\n')

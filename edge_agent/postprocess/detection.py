@@ -62,6 +62,22 @@ class Layout:
     classes: int = 0  # yolo: C
 
 
+def _classes_and_scores_by_name(outputs: Sequence[TensorInfo], pairs: list[int]) -> dict[str, int]:
+    """Which of the two [1, N] outputs is classes and which scores, where their names say."""
+    named: dict[str, int] = {}
+    for i in pairs:
+        name = outputs[i].name.lower()
+        if "class" in name:
+            named["classes"] = i
+        elif "score" in name:
+            named["scores"] = i
+        elif m := re.search(r"tflite_detection_postprocess:(\d)$", name):
+            role = SSD_ROLES[int(m.group(1))] if int(m.group(1)) < 4 else ""
+            if role in ("classes", "scores"):
+                named[role] = i
+    return named
+
+
 def _ssd_roles_by_shape_and_name(outputs: Sequence[TensorInfo]) -> tuple[dict[str, int] | None, str]:
     """Roles from shapes and names; None for classes/scores when the names do not say."""
     roles: dict[str, int] = {}
@@ -80,20 +96,38 @@ def _ssd_roles_by_shape_and_name(outputs: Sequence[TensorInfo]) -> tuple[dict[st
             f"SSD detection outputs must be boxes [1, N, 4], classes [1, N], scores [1, N] and count [1]; got {shapes}",
             reason="outputs",
         )
-    named: dict[str, int] = {}
-    for i in pairs:
-        name = outputs[i].name.lower()
-        if "class" in name:
-            named["classes"] = i
-        elif "score" in name:
-            named["scores"] = i
-        elif m := re.search(r"tflite_detection_postprocess:(\d)$", name):
-            role = SSD_ROLES[int(m.group(1))] if int(m.group(1)) < 4 else ""
-            if role in ("classes", "scores"):
-                named[role] = i
+    named = _classes_and_scores_by_name(outputs, pairs)
     if len(named) == 2 and named["classes"] != named["scores"]:
         return {**roles, **named}, "by shapes and names"
     return None, "by shapes; classes and scores by their values"
+
+
+def _recognize_ssd(
+    cfg: PostprocessConfig, outputs: Sequence[TensorInfo], custom_op_outputs: Sequence[tuple[str, tuple[int, ...]]]
+) -> Layout:
+    """An SSD layout's output roles: from its detection operator, the config, or shapes and names."""
+    if len(outputs) != 4:
+        raise ModelError(
+            f"SSD detection models have 4 outputs (boxes, classes, scores, count); this one has {len(outputs)}",
+            reason="outputs",
+        )
+    index_of = {o.index: i for i, o in enumerate(outputs)}
+    for code, tensors in custom_op_outputs:
+        if code == POSTPROCESS_OP and len(tensors) == 4 and all(t in index_of for t in tensors):
+            by_op = {r: index_of[t] for r, t in zip(SSD_ROLES, tensors, strict=True)}
+            return Layout("ssd", f"outputs of the model's {POSTPROCESS_OP} operator", by_op)
+    if cfg.ssd_output_order:
+        given: dict[str, int] = {str(r): i for i, r in enumerate(cfg.ssd_output_order)}
+        boxes, count = outputs[given["boxes"]].shape, outputs[given["count"]].shape
+        if len(boxes) != 3 or boxes[-1] != 4 or int(np.prod(count)) != 1:
+            raise ModelError(
+                f"postprocess.ssd_output_order {list(cfg.ssd_output_order)} does not fit the outputs: "
+                f"boxes would be {list(boxes)} (expected [1, N, 4]) and count {list(count)} (expected [1])",
+                reason="outputs",
+            )
+        return Layout("ssd", "postprocess.ssd_output_order", given)
+    roles, how = _ssd_roles_by_shape_and_name(outputs)
+    return Layout("ssd", how, roles)
 
 
 def recognize(
@@ -106,28 +140,7 @@ def recognize(
     forced = cfg.detection_layout
     has_op = any(code == POSTPROCESS_OP for code, _ in custom_op_outputs)
     if forced == "ssd" or (forced == "auto" and (len(outputs) == 4 or has_op)):
-        if len(outputs) != 4:
-            raise ModelError(
-                f"SSD detection models have 4 outputs (boxes, classes, scores, count); this one has {len(outputs)}",
-                reason="outputs",
-            )
-        index_of = {o.index: i for i, o in enumerate(outputs)}
-        for code, tensors in custom_op_outputs:
-            if code == POSTPROCESS_OP and len(tensors) == 4 and all(t in index_of for t in tensors):
-                by_op = {r: index_of[t] for r, t in zip(SSD_ROLES, tensors, strict=True)}
-                return Layout("ssd", f"outputs of the model's {POSTPROCESS_OP} operator", by_op)
-        if cfg.ssd_output_order:
-            given: dict[str, int] = {str(r): i for i, r in enumerate(cfg.ssd_output_order)}
-            boxes, count = outputs[given["boxes"]].shape, outputs[given["count"]].shape
-            if len(boxes) != 3 or boxes[-1] != 4 or int(np.prod(count)) != 1:
-                raise ModelError(
-                    f"postprocess.ssd_output_order {list(cfg.ssd_output_order)} does not fit the outputs: "
-                    f"boxes would be {list(boxes)} (expected [1, N, 4]) and count {list(count)} (expected [1])",
-                    reason="outputs",
-                )
-            return Layout("ssd", "postprocess.ssd_output_order", given)
-        roles, how = _ssd_roles_by_shape_and_name(outputs)
-        return Layout("ssd", how, roles)
+        return _recognize_ssd(cfg, outputs, custom_op_outputs)
     if len(outputs) != 1 or len(outputs[0].shape) != 3 or outputs[0].shape[0] != 1:
         shapes = ", ".join(str(list(o.shape)) for o in outputs)
         raise ModelError(

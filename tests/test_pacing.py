@@ -88,16 +88,19 @@ def test_a_result_is_published_before_the_loop_waits_for_the_next_slot(
 
 
 class ReadAhead:
-    """A file-like source that has every frame ready at once (a folder of images)."""
+    """A file-like source that has every frame ready at once (a folder of images); it notes the
+    time it stamped each frame with."""
 
     name = "files"
 
     def __init__(self) -> None:
         self._stamp = Stamp()
         self.pixels = np.zeros((4, 4, 3), np.uint8)
+        self.stamped: dict[int, float] = {}
 
     def read(self) -> Frame | None:
         seq, ts, mono = self._stamp.next()
+        self.stamped[seq] = mono
         return Frame(seq, ts, mono, self.name, pixels=self.pixels)
 
     def release(self, frame: Frame) -> None:
@@ -109,7 +112,8 @@ class ReadAhead:
 
 def test_a_read_ahead_frame_is_stamped_when_it_is_taken_a_live_one_when_captured() -> None:
     for policy in ("every", "latest"):
-        cap = CaptureThread(ReadAhead(), policy)  # type: ignore[arg-type]
+        src = ReadAhead()
+        cap = CaptureThread(src, policy)  # type: ignore[arg-type]
         try:
             first = cap.take(5.0)
             assert isinstance(first, Frame)
@@ -119,8 +123,9 @@ def test_a_read_ahead_frame_is_stamped_when_it_is_taken_a_live_one_when_captured
             assert isinstance(frame, Frame)
             if policy == "every":
                 assert frame.seq == first.seq + 1  # nothing skipped
-                assert frame.mono >= before_mono and frame.ts >= before_ts
+                assert frame.mono >= before_mono and frame.ts >= before_ts  # when taken
+                assert src.stamped[frame.seq] < before_mono  # though read long before
             else:
-                assert frame.mono < before_mono  # a live frame keeps its capture time
+                assert frame.mono == src.stamped[frame.seq]  # a live frame keeps its capture time
         finally:
             cap.close()

@@ -13,7 +13,6 @@ import logging
 import queue
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from edge_agent.commands import CommandId, Request, busy_answer, cmd_answer, config_rejection
@@ -278,7 +277,3 @@ class Publisher:
         # what the broker has not acknowledged stays in the outbox for the next start
         self.sender.drain(timeout=drain_s)
         self.outbox.close()
-
-
-def state_dir_of(cfg: AgentConfig) -> Path:
-    return Path(cfg.device.state_dir)

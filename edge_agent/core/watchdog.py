@@ -18,7 +18,7 @@ class Watchdog:
     def inferred(self, now: float) -> None:
         self.last_inference_at = now
 
-    def due(self, now: float, *, fps: float | None) -> bool:
+    def due(self, now: float) -> bool:
         """Whether a ping is due now, if the agent is healthy (see `tick`)."""
         interval = self.notifier.watchdog_interval_s
         return interval is not None and not self.off and now >= self._next_ping
@@ -30,7 +30,7 @@ class Watchdog:
 
     def tick(self, now: float, *, fps: float | None, idle_by_design: bool) -> bool:
         """Ping when due and frames flow (or idle by design); returns whether it pinged."""
-        if not self.due(now, fps=fps):
+        if not self.due(now):
             return False
         if not (self.flowing(now, fps=fps) or idle_by_design):
             return False
